@@ -1,0 +1,11 @@
+"""The ``lrurec`` command: one typer app; each package contributes its commands here."""
+
+import typer
+
+app = typer.Typer(
+    help="LRURec real-time sequential recommendation: train, evaluate, serve and benchmark.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+# Command registrations (one line per command; keep this file a thin composition root).

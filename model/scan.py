@@ -1,0 +1,82 @@
+"""The linear recurrence h_t = a_t ⊙ h_{t-1} + x_t in its three forms.
+
+* :func:`sequential_scan` is the readable reference: a plain loop over time.
+* :func:`parallel_scan` computes the same thing in ⌈log2 t⌉ steps (recursive doubling over the
+  associative operator (a₁, x₁) ∘ (a₂, x₂) = (a₁a₂, a₂x₁ + x₂)); it is what training uses.
+* :func:`lru_step` is the O(1) serving update for one event, in real arithmetic so that it exports
+  to ONNX (which has no complex type).
+
+Gates may be real (RecBLR) or complex (LRURec); LRURec masks the carry out of padding by setting
+a_t = 0 wherever position t-1 is padding, so left padding never leaks into real positions.
+"""
+
+import torch
+from torch import Tensor
+
+
+def sequential_scan(gates: Tensor, inputs: Tensor, initial: Tensor | None = None) -> Tensor:
+    """Reference loop for h_t = gates_t ⊙ h_{t-1} + inputs_t.
+
+    Args:
+        gates: ``[b, t, n]`` (broadcastable to ``inputs``), real or complex.
+        inputs: ``[b, t, n]``.
+        initial: optional h_{-1}, ``[b, n]``; zero when omitted.
+
+    Returns:
+        ``[b, t, n]``: h at every position.
+    """
+    gates = gates.expand_as(inputs)
+    h = torch.zeros_like(inputs[:, 0]) if initial is None else initial
+    outputs = []
+    for t in range(inputs.shape[1]):
+        h = gates[:, t] * h + inputs[:, t]
+        outputs.append(h)
+    return torch.stack(outputs, dim=1)
+
+
+def parallel_scan(gates: Tensor, inputs: Tensor, initial: Tensor | None = None) -> Tensor:
+    """Log-depth inclusive scan of h_t = gates_t ⊙ h_{t-1} + inputs_t (recursive doubling).
+
+    After the step with offset s, position t holds the composition of the 2s-long window ending
+    at t: ``acc_gate`` the product of its gates, ``acc`` its state from a zero start. Any length
+    works; positions before the start behave like the identity element (gate 1, input 0), which is
+    the same as padding to a power of two, without allocating the padding.
+
+    Args / Returns: as :func:`sequential_scan`.
+    """
+    gates = gates.expand_as(inputs)
+    if initial is not None:
+        # Fold h_{-1} into the first input: h_0 = a_0 h_{-1} + x_0.
+        first = inputs[:, :1] + gates[:, :1] * initial.unsqueeze(1)
+        inputs = torch.cat([first, inputs[:, 1:]], dim=1)
+    acc, acc_gate = inputs, gates
+    length = inputs.shape[1]
+    offset = 1
+    while offset < length:
+        # Combine each window with the one just before it: (a', x') ∘ (a, x) = (a' a, a x' + x).
+        carried = acc_gate[:, offset:] * acc[:, :-offset]
+        acc = torch.cat([acc[:, :offset], acc[:, offset:] + carried], dim=1)
+        if offset * 2 < length:  # the last level never reads the gate product
+            acc_gate = torch.cat(
+                [acc_gate[:, :offset], acc_gate[:, offset:] * acc_gate[:, :-offset]], dim=1
+            )
+        offset *= 2
+    return acc
+
+
+def lru_step(
+    h_re: Tensor, h_im: Tensor, decay_re: Tensor, decay_im: Tensor, u_re: Tensor, u_im: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One complex recurrence step h ← λ ⊙ h + u, written with real tensors.
+
+    Args:
+        h_re, h_im: state ``[b, n]``.
+        decay_re, decay_im: λ ``[n]``.
+        u_re, u_im: input ``[b, n]``.
+
+    Returns:
+        The new (h_re, h_im), each ``[b, n]``.
+    """
+    new_re = decay_re * h_re - decay_im * h_im + u_re
+    new_im = decay_re * h_im + decay_im * h_re + u_im
+    return new_re, new_im
