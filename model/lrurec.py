@@ -81,9 +81,9 @@ class LRURec(nn.Module):
             real events from :meth:`init_state`. An all-padding row gives the zero state.
         """
         hidden, states = self._run(items)
-        real = (items[:, -1] > 0).unsqueeze(-1)  # [b, 1]
+        real = (items[:, -1] > 0).view(-1, 1, 1, 1)  # [b, 1, 1, 1]
         parts = [torch.stack([h[:, -1].real, h[:, -1].imag], dim=1) for h in states]
-        state = torch.stack(parts, dim=1) * real.unsqueeze(-1)  # [b, k, 2, n]
+        state = torch.stack(parts, dim=1) * real  # [b, k, 2, n]
         return hidden[:, -1], state
 
     def score(self, hidden: Hidden) -> Scores:
