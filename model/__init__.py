@@ -2,9 +2,10 @@
 
 from model.artifact import Artifact, load_artifact, save_artifact
 from model.checkpoint import load_model, save_model
-from model.config import LRURecConfig, ModelConfig
+from model.config import LRURecConfig, ModelConfig, SASRecConfig
 from model.lrurec import LRURec
 from model.protocol import RecurrentRecommender
+from model.sasrec import SASRec
 
 __all__ = [
     "Artifact",
@@ -12,6 +13,8 @@ __all__ = [
     "LRURecConfig",
     "ModelConfig",
     "RecurrentRecommender",
+    "SASRec",
+    "SASRecConfig",
     "load_artifact",
     "load_model",
     "save_artifact",

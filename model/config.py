@@ -70,3 +70,28 @@ class LRURecConfig(ModelConfig):
     @property
     def d_ffn(self) -> int:
         return 4 * self.d_model
+
+
+@dataclass(frozen=True)
+class SASRecConfig(ModelConfig):
+    """SASRec (Kang & McAuley, ICDM 2018) hyper-parameters for the full-recompute baseline.
+
+    ``max_len`` is both the attention window and the length of the serving state: the service
+    keeps a user's last ``max_len`` items and recomputes the whole window on every event.
+    """
+
+    model_type: ClassVar[str] = "sasrec"
+
+    n_heads: int = 1
+    layer_norm_eps: float = 1e-8
+    """The official SASRec value."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_heads < 1 or self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} must split into n_heads {self.n_heads}")
+
+    @property
+    def d_ffn(self) -> int:
+        """SASRec's point-wise feed-forward keeps the width (two d → d layers)."""
+        return self.d_model

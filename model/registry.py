@@ -2,11 +2,13 @@
 
 from torch import nn
 
-from model.config import LRURecConfig, ModelConfig
+from model.config import LRURecConfig, ModelConfig, SASRecConfig
 from model.lrurec import LRURec
+from model.sasrec import SASRec
 
 MODELS: dict[str, tuple[type[nn.Module], type[ModelConfig]]] = {
     LRURecConfig.model_type: (LRURec, LRURecConfig),
+    SASRecConfig.model_type: (SASRec, SASRecConfig),
 }
 
 
