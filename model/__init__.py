@@ -2,9 +2,10 @@
 
 from model.artifact import Artifact, load_artifact, save_artifact
 from model.checkpoint import load_model, save_model
-from model.config import LRURecConfig, ModelConfig, SASRecConfig
+from model.config import LRURecConfig, ModelConfig, RecBLRConfig, SASRecConfig
 from model.lrurec import LRURec
 from model.protocol import RecurrentRecommender
+from model.recblr import RecBLR
 from model.sasrec import SASRec
 
 __all__ = [
@@ -12,6 +13,8 @@ __all__ = [
     "LRURec",
     "LRURecConfig",
     "ModelConfig",
+    "RecBLR",
+    "RecBLRConfig",
     "RecurrentRecommender",
     "SASRec",
     "SASRecConfig",

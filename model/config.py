@@ -73,6 +73,38 @@ class LRURecConfig(ModelConfig):
 
 
 @dataclass(frozen=True)
+class RecBLRConfig(ModelConfig):
+    """RecBLR hyper-parameters; defaults follow the official ML-1M config (reference B2-B4)."""
+
+    model_type: ClassVar[str] = "recblr"
+
+    expand: int = 2
+    """Recurrent channels per layer as a multiple of ``d_model`` (official ``expand``: 2)."""
+    d_conv: int = 4
+    """Width of the causal depthwise convolution before the recurrence (official: 4)."""
+    a_min: float = 0.9
+    """Smallest base decay exp(-softplus(Λ)) at init (the linspace starts here)."""
+    a_max: float = 0.999
+    """Largest base decay at init (the linspace ends here)."""
+    layer_norm_eps: float = 1e-12
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.expand < 1 or self.d_conv < 1:
+            raise ValueError(f"expand and d_conv must be >= 1, got {self.expand}, {self.d_conv}")
+        if not 0.0 < self.a_min <= self.a_max < 1.0:
+            raise ValueError(f"need 0 < a_min <= a_max < 1, got {self.a_min}, {self.a_max}")
+
+    @property
+    def d_state(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def d_ffn(self) -> int:
+        return 4 * self.d_model
+
+
+@dataclass(frozen=True)
 class SASRecConfig(ModelConfig):
     """SASRec (Kang & McAuley, ICDM 2018) hyper-parameters for the full-recompute baseline.
 

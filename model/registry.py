@@ -2,12 +2,14 @@
 
 from torch import nn
 
-from model.config import LRURecConfig, ModelConfig, SASRecConfig
+from model.config import LRURecConfig, ModelConfig, RecBLRConfig, SASRecConfig
 from model.lrurec import LRURec
+from model.recblr import RecBLR
 from model.sasrec import SASRec
 
 MODELS: dict[str, tuple[type[nn.Module], type[ModelConfig]]] = {
     LRURecConfig.model_type: (LRURec, LRURecConfig),
+    RecBLRConfig.model_type: (RecBLR, RecBLRConfig),
     SASRecConfig.model_type: (SASRec, SASRecConfig),
 }
 
