@@ -1,0 +1,131 @@
+"""Domain errors and their HTTP mapping: every failure is a JSON ``{error, message}``, never a 500
+for anything a client or Redis can cause."""
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from service import telemetry
+
+logger = logging.getLogger(__name__)
+
+REDIS_DOWN_MESSAGE = (
+    "Redis is unreachable: nothing was written; retry later (with the same event_id to be safe)."
+)
+
+
+class ServiceError(Exception):
+    """An error with a fixed HTTP status and a machine-readable kind."""
+
+    status_code = 500
+    kind = "internal"
+
+    def __init__(self, message: str, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra or {}
+
+
+class RedisUnavailableError(ServiceError):
+    status_code = 503
+    kind = "redis_unavailable"
+
+
+class ContentionError(ServiceError):
+    """Too many concurrent writers for one user; nothing was written."""
+
+    status_code = 503
+    kind = "contention"
+
+
+class InvalidInputError(ServiceError):
+    status_code = 422
+    kind = "validation"
+
+
+class UnauthorizedError(ServiceError):
+    status_code = 401
+    kind = "unauthorized"
+
+
+class NotFoundError(ServiceError):
+    status_code = 404
+    kind = "not_found"
+
+
+def error_response(
+    status_code: int, kind: str, message: str, extra: dict[str, Any] | None = None
+) -> Response:
+    """The JSON error body every failure uses; counts it in ``lrurec_errors_total``."""
+    telemetry.ERRORS.labels(kind).inc()
+    body = orjson.dumps({"error": kind, "message": message, **(extra or {})})
+    headers = {"Retry-After": "1"} if status_code == 503 else None
+    return Response(body, status_code=status_code, media_type="application/json", headers=headers)
+
+
+def describe_validation(errors: Sequence[Any]) -> str:
+    """``"body.user_id: Field required; query.k: ..."``: every message names its field."""
+    parts = []
+    for error in errors:
+        location = ".".join(str(part) for part in error.get("loc", ()))
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _service_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.status_code, exc.kind, exc.message, exc.extra)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    if request.url.path.startswith("/events"):
+        telemetry.EVENTS.labels("rejected").inc()
+    details = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    return error_response(422, "validation", describe_validation(exc.errors()), {"detail": details})
+
+
+async def _redis_down(_: Request, exc: Exception) -> Response:
+    logger.warning("Redis unreachable: %s", exc)
+    return error_response(503, "redis_unavailable", REDIS_DOWN_MESSAGE)
+
+
+async def _redis_error(_: Request, exc: Exception) -> Response:
+    logger.error("Redis error: %s", exc)
+    return error_response(503, "redis_error", f"Redis refused the operation: {exc}")
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+        exc.status_code, "http"
+    )
+    return error_response(exc.status_code, kind, str(exc.detail))
+
+
+async def _internal_error(_: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal", "internal error; see the service log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain, validation, HTTP and Redis errors to JSON responses."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RedisConnectionError, _redis_down)
+    app.add_exception_handler(RedisTimeoutError, _redis_down)
+    app.add_exception_handler(RedisError, _redis_error)
+    app.add_exception_handler(Exception, _internal_error)

@@ -1,0 +1,102 @@
+"""The FastAPI application: ``create_app(settings)`` and the lifespan that loads everything once."""
+
+import gc
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import numpy as np
+import torch
+from fastapi import FastAPI
+
+from model import load_artifact
+from service import telemetry
+from service.embedded_redis import EmbeddedRedis
+from service.engine import Engine
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimitMiddleware
+from service.routes import router
+from service.runtime import build_stepper
+from service.settings import Settings, get_settings
+from service.store import UserStore, create_redis
+
+logger = logging.getLogger("service")
+
+DESCRIPTION = """Real-time sequential recommendations with LRURec. Each user's fixed-size
+recurrent state lives in Redis; every event advances it by one model step (O(1) in the
+history length) and can return the fresh top-k in the same response."""
+
+
+def _build_engine(
+    settings: Settings, redis_url: str
+) -> tuple[Engine, Callable[[], Awaitable[None]]]:
+    if settings.artifact is None:
+        raise RuntimeError(
+            "no artifact configured: set LRUREC_ARTIFACT (or run `lrurec serve`, which builds "
+            "a demo artifact)"
+        )
+    artifact = load_artifact(settings.artifact, device=settings.device)
+    stepper = build_stepper(settings.backend, artifact, settings.device)
+    client = create_redis(
+        redis_url, settings.redis_timeout_seconds, settings.redis_retries,
+        settings.redis_max_connections,
+    )  # fmt: skip
+    max_len = int(artifact.config.get("max_len", artifact.model.config.max_len))
+    store = UserStore(
+        client, settings.key_prefix, max_len, settings.max_event_ids, settings.user_ttl_seconds
+    )
+    return Engine(store, stepper, artifact, settings), client.aclose
+
+
+def _warm_up(engine: Engine) -> None:
+    """One step and one top-k so the first request pays no lazy initialisation."""
+    hidden, _ = engine.stepper.step(
+        np.ones(1, dtype=np.int64), np.zeros((1, *engine.stepper.state_shape), dtype=np.float32)
+    )
+    engine.stepper.top_k(hidden, 10, [[]])
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load the artifact, open Redis (or start an embedded one), build the engine; undo on exit."""
+    settings: Settings = app.state.settings
+    torch.set_num_threads(settings.torch_threads)
+    async with AsyncExitStack() as stack:
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded = stack.enter_context(EmbeddedRedis())
+            redis_url = embedded.url
+            logger.info("started embedded redis-server on %s", redis_url)
+        engine, close_redis = _build_engine(settings, redis_url)
+        stack.push_async_callback(close_redis)
+        app.state.engine = engine
+        _warm_up(engine)
+        telemetry.set_model(engine.model_version, engine.model_type, engine.n_items)
+        await engine.ready()
+        logger.info(
+            "serving %s model %s (%d items) with Redis at %s",
+            engine.model_type, engine.model_version, engine.n_items, redis_url,
+        )  # fmt: skip
+        # Move start-up objects out of the collector's reach: measured to cut p99 stalls from
+        # full collections of the model/torch graph (~100 ms) to ~8 ms.
+        gc.collect()
+        gc.freeze()
+        try:
+            yield
+        finally:
+            telemetry.READY.set(0)
+            telemetry.mark_worker_dead()
+            gc.unfreeze()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; nothing is loaded until the lifespan starts."""
+    settings = settings or get_settings()
+    app = FastAPI(title="LRURec service", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(router)
+    # The last middleware added is the outermost: time everything, including 413s.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(telemetry.HTTPMetricsMiddleware)
+    return app

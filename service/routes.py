@@ -1,0 +1,106 @@
+"""HTTP routes: validate, call the engine, return; errors are mapped in service.errors."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+
+from service.deps import EngineDep, SettingsDep, WriteAccess
+from service.errors import ContentionError, InvalidInputError, RedisUnavailableError
+from service.schemas import (
+    ID_PATTERN,
+    MAX_ID_LENGTH,
+    BatchResult,
+    Deleted,
+    Event,
+    EventBatch,
+    EventResult,
+    Health,
+    Recommendations,
+    UserInfo,
+)
+from service.settings import MAX_K
+from service.telemetry import render_metrics
+
+router = APIRouter()
+
+UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+EventK = Annotated[
+    int | None, Query(ge=0, le=MAX_K, description="Items to return; 0 skips scoring.")
+]
+ExcludeSeen = Annotated[bool, Query(description="Leave out the user's recent items.")]
+
+
+@router.post(
+    "/events", response_model_exclude_none=True, dependencies=[WriteAccess], tags=["events"]
+)
+async def post_event(
+    event: Event, engine: EngineDep, settings: SettingsDep, k: EventK = None,
+    exclude_seen: ExcludeSeen = True,
+) -> EventResult:  # fmt: skip
+    """Apply one event (one model step) and return the user's fresh top-k."""
+    return await engine.apply_event(event, settings.default_k if k is None else k, exclude_seen)
+
+
+@router.post(
+    "/events/batch", response_model_exclude_none=True, dependencies=[WriteAccess], tags=["events"]
+)
+async def post_events_batch(
+    batch: EventBatch, engine: EngineDep, settings: SettingsDep,
+    k: Annotated[int, Query(ge=0, le=MAX_K, description="Top-k per event; 0 = none.")] = 0,
+    exclude_seen: ExcludeSeen = True,
+) -> BatchResult:  # fmt: skip
+    """Apply up to 1,000 events, in order per user; one result per event."""
+    if len(batch.events) > settings.max_batch_size:
+        raise InvalidInputError(f"body.events: at most {settings.max_batch_size} events per batch")
+    results, failure = await engine.apply_batch(batch.events, k, exclude_seen)
+    if failure is not None:
+        error = ContentionError if failure == "contention" else RedisUnavailableError
+        dumped = [result.model_dump(exclude_none=True) for result in results]
+        raise error(f"{failure}: some events were not applied; see results", {"results": dumped})
+    return BatchResult(results=results)
+
+
+@router.get("/recommendations/{user_id}", tags=["recommendations"])
+async def get_recommendations(
+    user_id: UserId, engine: EngineDep, settings: SettingsDep,
+    k: Annotated[int | None, Query(ge=1, le=MAX_K, description="Items to return.")] = None,
+    exclude_seen: ExcludeSeen = True,
+) -> Recommendations:  # fmt: skip
+    """Top-k items for a user from the stored state (cold start for a new user)."""
+    return await engine.recommend(user_id, settings.default_k if k is None else k, exclude_seen)
+
+
+@router.get("/users/{user_id}", dependencies=[WriteAccess], tags=["users"])
+async def get_user(user_id: UserId, engine: EngineDep) -> UserInfo:
+    """A user's event counts, recent items, state model version and last update."""
+    return await engine.user_info(user_id)
+
+
+@router.delete("/users/{user_id}", dependencies=[WriteAccess], tags=["users"])
+async def delete_user(user_id: UserId, engine: EngineDep) -> Deleted:
+    """Forget a user: state, recent items and event ids."""
+    return Deleted(user_id=user_id, deleted=await engine.delete_user(user_id))
+
+
+@router.get("/healthz", tags=["operations"])
+async def healthz() -> Health:
+    """The process is alive."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", tags=["operations"], responses={503: {"model": Health}})
+async def readyz(engine: EngineDep, response: Response) -> Health:
+    """Ready: the model is loaded and Redis answers PING (503 otherwise)."""
+    ok = await engine.ready()
+    response.status_code = 200 if ok else 503
+    return Health(
+        status="ready" if ok else "not_ready", model_version=engine.model_version, redis=ok
+    )
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response)
+def metrics(accept: Annotated[str | None, Header()] = None) -> Response:
+    """Prometheus metrics (all workers' when several run)."""
+    # A route rather than a mount: a mounted app answers /metrics with a redirect to /metrics/.
+    body, content_type = render_metrics(accept)
+    return Response(body, media_type=content_type)

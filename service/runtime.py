@@ -1,0 +1,149 @@
+"""Model compute behind one small interface, so backends (torch, onnxruntime) are interchangeable.
+
+Arrays cross the boundary as numpy (float32 states and hidden vectors, int64 item indices), so a
+backend never leaks its tensor type into the engine. Dimensions: b users, t events, d model
+width, v = n_items + 1 score columns (column 0 is padding and is never recommended).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from model import Artifact
+
+FloatArray = NDArray[np.float32]
+IndexArray = NDArray[np.int64]
+
+
+class Stepper(Protocol):
+    """What the engine needs from a model: one recurrent step, a rebuild, and top-k scoring."""
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of one user's state (no batch dimension)."""
+        ...
+
+    def step(self, items: IndexArray, states: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """One event per user: items ``[b]`` (non-zero), states ``[b, *state_shape]``.
+
+        Returns:
+            ``(hidden [b, d], new_states [b, *state_shape])``.
+        """
+        ...
+
+    def prefill(self, histories: IndexArray) -> tuple[FloatArray, FloatArray]:
+        """Rebuild from left-padded histories ``[b, t]`` → ``(hidden [b, d], states)``."""
+        ...
+
+    def cold_start_hidden(self) -> FloatArray:
+        """Hidden ``[d]`` of a user with no events."""
+        ...
+
+    def scores(self, hidden: FloatArray) -> FloatArray:
+        """Item scores ``[b, v]`` of hidden ``[b, d]`` (column 0 included, unmasked)."""
+        ...
+
+    def top_k(
+        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+    ) -> list[tuple[IndexArray, FloatArray]]:
+        """Best ``k`` item indices per user, never 0 nor an excluded index, best first."""
+        ...
+
+
+def top_k_numpy(
+    scores: FloatArray, k: int, exclude: Sequence[int]
+) -> tuple[IndexArray, FloatArray]:
+    """Best ``k`` of one score vector ``[v]`` without column 0 and the excluded indices.
+
+    Returns fewer than ``k`` items when fewer are left. Used for cold starts (a precomputed
+    vector) and by backends without a fused top-k.
+    """
+    masked = scores.astype(np.float32, copy=True)
+    masked[0] = -np.inf
+    if exclude:
+        masked[np.asarray(exclude, dtype=np.int64)] = -np.inf
+    available = int(np.isfinite(masked).sum())
+    k = min(k, available)
+    if k == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+    candidates = np.argpartition(-masked, k - 1)[:k]
+    order = candidates[np.argsort(-masked[candidates], kind="stable")]
+    return order.astype(np.int64), masked[order]
+
+
+class TorchStepper:
+    """PyTorch backend: the artifact's module under ``torch.inference_mode`` (no autograd)."""
+
+    def __init__(self, artifact: Artifact, device: str = "cpu") -> None:
+        self._model = artifact.model
+        self._device = torch.device(device)
+        cast(nn.Module, self._model).to(self._device).eval()
+        self._state_shape = tuple(self._model.state_shape)
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return self._state_shape
+
+    def _tensor(self, array: NDArray[np.generic]) -> torch.Tensor:
+        # States decoded from Redis bytes are read-only views; torch wants writable memory.
+        if not array.flags.writeable or not array.flags.c_contiguous:
+            array = np.array(array, order="C")
+        return torch.from_numpy(array).to(self._device)
+
+    @staticmethod
+    def _numpy(tensor: torch.Tensor) -> FloatArray:
+        return tensor.detach().to("cpu", torch.float32).numpy()
+
+    def step(self, items: IndexArray, states: FloatArray) -> tuple[FloatArray, FloatArray]:
+        with torch.inference_mode():
+            hidden, new_states = self._model.step(self._tensor(items), self._tensor(states))
+        return self._numpy(hidden), self._numpy(new_states)
+
+    def prefill(self, histories: IndexArray) -> tuple[FloatArray, FloatArray]:
+        with torch.inference_mode():
+            hidden, states = self._model.prefill(self._tensor(histories))
+        return self._numpy(hidden), self._numpy(states)
+
+    def cold_start_hidden(self) -> FloatArray:
+        with torch.inference_mode():
+            return self._numpy(self._model.cold_start_hidden())
+
+    def scores(self, hidden: FloatArray) -> FloatArray:
+        with torch.inference_mode():
+            return self._numpy(self._model.score(self._tensor(hidden)))
+
+    def top_k(
+        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+    ) -> list[tuple[IndexArray, FloatArray]]:
+        with torch.inference_mode():
+            scores = self._model.score(self._tensor(hidden))  # [b, v]
+            scores[:, 0] = -torch.inf
+            for row, excluded in enumerate(exclude):
+                if excluded:
+                    scores[row, self._tensor(np.asarray(excluded, dtype=np.int64))] = -torch.inf
+            width = min(k, scores.shape[1] - 1)
+            values, indices = torch.topk(scores, width, dim=1)  # [b, width], sorted
+        results = []
+        for row_values, row_indices in zip(
+            values.cpu().numpy(), indices.cpu().numpy(), strict=True
+        ):
+            keep = np.isfinite(row_values)  # fewer than k items left after the exclusions
+            results.append((row_indices[keep].astype(np.int64), row_values[keep]))
+        return results
+
+
+StepperFactory = Callable[[Artifact, str], Stepper]
+
+BACKENDS: dict[str, StepperFactory] = {"torch": TorchStepper}
+"""Backend name (``LRUREC_BACKEND``) → factory. A new backend registers one line here."""
+
+
+def build_stepper(backend: str, artifact: Artifact, device: str) -> Stepper:
+    """The configured backend for ``artifact`` on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: {sorted(BACKENDS)}")
+    return BACKENDS[backend](artifact, device)

@@ -1,0 +1,63 @@
+"""Service settings: the one place that reads the environment (prefix ``LRUREC_``)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MAX_K = 1000
+"""Largest ``k`` a request may ask for (the issue's contract)."""
+
+MAX_BATCH = 1000
+"""Largest ``POST /events/batch`` the API accepts; ``max_batch_size`` may lower it."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the serving process, validated once at start-up.
+
+    Environment variables are the field names upper-cased with the ``LRUREC_`` prefix,
+    e.g. ``LRUREC_REDIS_URL``, ``LRUREC_API_KEY``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LRUREC_", extra="ignore", frozen=True)
+
+    artifact: Path | None = Field(
+        default=None, description="Artifact directory; `lrurec serve` builds a demo one if unset."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="redis:// or rediss:// URL; unset = a private embedded redis-server on "
+        "loopback, started and stopped with the service.",
+    )
+    key_prefix: str = Field(default="lrurec", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    backend: str = Field(default="torch", description="Model runtime: `torch`.")
+    device: Literal["cpu", "cuda"] = "cpu"
+    torch_threads: int = Field(default=1, ge=1, le=256)
+    user_ttl_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=0,
+        description="Idle time before a user's keys expire; 0 = never.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None, description="If set, write and admin endpoints need header X-API-Key."
+    )
+    default_k: int = Field(default=10, ge=1, le=MAX_K)
+    cold_start: Literal["model", "popularity"] = "model"
+    max_batch_size: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_event_ids: int = Field(
+        default=1000, ge=1, description="Event ids remembered per user for de-duplication."
+    )
+    cas_max_retries: int = Field(default=32, ge=1, le=1000)
+    batch_concurrency: int = Field(default=16, ge=1, le=256)
+    redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    redis_retries: int = Field(default=2, ge=0, le=10)
+    redis_max_connections: int = Field(default=64, ge=2)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings from the environment (cached; tests pass their own instead)."""
+    return Settings()

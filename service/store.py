@@ -1,0 +1,208 @@
+"""All Redis I/O: the key layout, one-round-trip reads and the atomic per-user write script.
+
+Layout (``P`` = key prefix, ``v1`` = layout version; every key of a user shares the hash tag
+``{user}``, so one user's keys live in one Redis Cluster slot and the script may touch them all):
+
+    P:v1:{user}:state   hash  state (float32 bytes), hidden (float32 bytes), model_version,
+                              version (write counter, the CAS token), token (last writer),
+                              events_applied, events_received, updated_at (unix seconds)
+    P:v1:{user}:hist    list  recent external item ids, oldest first, at most max_len
+    P:v1:{user}:eids    zset  seen event ids scored by the write version, at most max_event_ids
+"""
+
+import time
+from dataclasses import dataclass
+from enum import IntEnum
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from service import telemetry
+
+LAYOUT_VERSION = "v1"
+
+# Checks the event id and the version, then writes everything at once: Redis runs a script
+# atomically, so a failure or a concurrent writer can never leave a half-applied event.
+APPLY_SCRIPT = """
+local state_key, hist_key, eids_key = KEYS[1], KEYS[2], KEYS[3]
+local token, event_id, item = ARGV[2], ARGV[3], ARGV[4]
+local fields = redis.call('HMGET', state_key, 'version', 'token', 'events_applied')
+local version = tonumber(fields[1] or '0')
+local applied = tonumber(fields[3] or '0')
+if fields[2] == token then
+  return {3, applied, version}
+end
+if event_id ~= '' and redis.call('ZSCORE', eids_key, event_id) then
+  return {2, applied, version}
+end
+if version ~= tonumber(ARGV[1]) then
+  return {0, applied, version}
+end
+version = version + 1
+applied = applied + tonumber(ARGV[8])
+redis.call('HSET', state_key, 'version', version, 'token', token,
+           'events_applied', applied, 'updated_at', ARGV[10])
+if ARGV[5] ~= '' then
+  redis.call('HSET', state_key, 'state', ARGV[5], 'hidden', ARGV[6], 'model_version', ARGV[7])
+end
+if ARGV[9] == '1' then
+  redis.call('HINCRBY', state_key, 'events_received', 1)
+end
+if item ~= '' then
+  redis.call('RPUSH', hist_key, item)
+  redis.call('LTRIM', hist_key, -tonumber(ARGV[11]), -1)
+end
+if event_id ~= '' then
+  redis.call('ZADD', eids_key, version, event_id)
+  redis.call('ZREMRANGEBYRANK', eids_key, 0, -tonumber(ARGV[13]) - 1)
+end
+local ttl = tonumber(ARGV[12])
+if ttl > 0 then
+  redis.call('EXPIRE', state_key, ttl)
+  redis.call('EXPIRE', hist_key, ttl)
+  redis.call('EXPIRE', eids_key, ttl)
+end
+return {1, applied, version}
+"""
+
+_FIELDS = (
+    "version", "state", "hidden", "model_version",
+    "events_applied", "events_received", "updated_at",
+)  # fmt: skip
+
+
+class WriteStatus(IntEnum):
+    """Outcome of :meth:`UserStore.write` (the script's first return value)."""
+
+    CONFLICT = 0
+    WRITTEN = 1
+    DUPLICATE = 2
+    ALREADY_WRITTEN = 3
+    """This writer's token is already stored: a retried call whose first reply was lost."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One user's record as read in one round trip; ``version == 0`` means no record."""
+
+    version: int
+    state: bytes | None
+    hidden: bytes | None
+    model_version: str | None
+    events_applied: int
+    events_received: int
+    updated_at: float | None
+    history: list[str]
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Write:
+    """What one event (or a rebuild) changes; empty ``item``/``state`` leave them untouched."""
+
+    expected_version: int
+    token: str
+    event_id: str = ""
+    item: str = ""
+    state: bytes = b""
+    hidden: bytes = b""
+    model_version: str = ""
+    applied: bool = False
+    received: bool = False
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    status: WriteStatus
+    events_applied: int
+    version: int
+
+
+def _int(raw: bytes | None) -> int:
+    return int(raw) if raw is not None else 0
+
+
+def create_redis(
+    url: str, timeout_seconds: float, retries: int, max_connections: int
+) -> "aioredis.Redis":
+    """A client whose connections retry transient errors with jittered exponential backoff.
+
+    The pool blocks (up to ``timeout_seconds``) instead of failing when all connections are
+    busy, so a burst queues rather than erroring.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_seconds,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        retry=Retry(ExponentialWithJitterBackoff(cap=0.25, base=0.01), retries),
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+class UserStore:
+    """Per-user state, history and event ids in Redis (see the module docstring for keys)."""
+
+    def __init__(
+        self, client: "aioredis.Redis", prefix: str, max_len: int, max_event_ids: int, ttl: int
+    ) -> None:
+        self._client = client
+        self._prefix = f"{prefix}:{LAYOUT_VERSION}"
+        self._max_len = max_len
+        self._max_event_ids = max_event_ids
+        self._ttl = ttl
+        self._apply = client.register_script(APPLY_SCRIPT)
+
+    def keys(self, user_id: str) -> tuple[str, str, str]:
+        """The (state, history, event-id) keys of ``user_id``, all in one hash slot."""
+        base = f"{self._prefix}:{{{user_id}}}"
+        return f"{base}:state", f"{base}:hist", f"{base}:eids"
+
+    async def load(self, user_id: str, event_id: str | None = None) -> Snapshot:
+        """Read the record, the history and (if given) whether ``event_id`` was seen."""
+        state_key, hist_key, eids_key = self.keys(user_id)
+        with telemetry.redis_timer("load"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hmget(state_key, _FIELDS)
+                pipe.lrange(hist_key, 0, -1)
+                if event_id:
+                    pipe.zscore(eids_key, event_id)
+                replies = await pipe.execute()
+        values = dict(zip(_FIELDS, replies[0], strict=True))
+        updated = values["updated_at"]
+        model_version = values["model_version"]
+        return Snapshot(
+            version=_int(values["version"]),
+            state=values["state"],
+            hidden=values["hidden"],
+            model_version=model_version.decode() if model_version is not None else None,
+            events_applied=_int(values["events_applied"]),
+            events_received=_int(values["events_received"]),
+            updated_at=float(updated) if updated is not None else None,
+            history=[item.decode() for item in replies[1]],
+            duplicate=bool(event_id) and replies[2] is not None,
+        )
+
+    async def write(self, user_id: str, write: Write, operation: str = "apply") -> WriteResult:
+        """Run the atomic check-and-write script; nothing changes unless it returns WRITTEN."""
+        args: list[str | int | bytes] = [
+            write.expected_version, write.token, write.event_id, write.item,
+            write.state, write.hidden, write.model_version,
+            int(write.applied), int(write.received), f"{time.time():.6f}",
+            self._max_len, self._ttl, self._max_event_ids,
+        ]  # fmt: skip
+        with telemetry.redis_timer(operation):
+            status, applied, version = await self._apply(keys=self.keys(user_id), args=args)
+        return WriteResult(WriteStatus(int(status)), int(applied), int(version))
+
+    async def delete(self, user_id: str) -> bool:
+        """Forget a user (state, history, event ids); True if anything existed."""
+        with telemetry.redis_timer("delete"):
+            removed = await self._client.delete(*self.keys(user_id))
+        return int(removed) > 0
+
+    async def ping(self) -> bool:
+        with telemetry.redis_timer("ping"):
+            return bool(await self._client.ping())

@@ -1,0 +1,165 @@
+"""Prometheus metrics, each defined once here (names are the contract with deploy/grafana).
+
+With several uvicorn workers, prometheus-client's multiprocess mode is on when the environment
+variable ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is imported (``lrurec serve``
+sets it and empties the directory before starting the workers). ``/metrics`` then aggregates
+every worker's files; gauges declare how (``livemax``/``livemin``: dead workers drop out).
+"""
+
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    values,
+)
+from prometheus_client.context_managers import Timer
+from prometheus_client.exposition import choose_encoder
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+EVENT_OUTCOMES = ("applied", "duplicate", "unknown_item", "rejected")
+ERROR_KINDS = (
+    "redis_unavailable", "redis_error", "contention", "validation",
+    "body_too_large", "unauthorized", "not_found", "internal",
+)  # fmt: skip
+
+HTTP_DURATION = Histogram(
+    "lrurec_http_request_duration_seconds",
+    "HTTP request duration by route template, method and status class.",
+    ["route", "method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+MODEL_STEP_SECONDS = Histogram(
+    "lrurec_model_step_seconds", "One recurrent model step.", buckets=LATENCY_BUCKETS
+)
+SCORE_SECONDS = Histogram(
+    "lrurec_score_seconds", "Scoring the catalogue plus top-k.", buckets=LATENCY_BUCKETS
+)
+REDIS_SECONDS = Histogram(
+    "lrurec_redis_seconds", "Redis round trip by operation.", ["operation"], buckets=LATENCY_BUCKETS
+)
+BATCH_SIZE = Histogram("lrurec_batch_size", "Events per batch request.", buckets=BATCH_BUCKETS)
+EVENTS = Counter("lrurec_events_total", "Events received by outcome.", ["outcome"])
+CAS_RETRIES = Counter("lrurec_cas_retries_total", "Per-user writes retried after a conflict.")
+COLD_STARTS = Counter("lrurec_cold_starts_total", "Recommendations served to users without state.")
+STATE_REBUILDS = Counter(
+    "lrurec_state_rebuilds_total", "States rebuilt from history after a model-version change."
+)
+ERRORS = Counter("lrurec_errors_total", "Failed requests by kind.", ["kind"])
+MODEL_INFO = Gauge(
+    "lrurec_model_info",
+    "Always 1; the labels name the loaded model.",
+    ["model_version", "model_type"],
+    multiprocess_mode="livemax",
+)
+MODEL_ITEMS = Gauge(
+    "lrurec_model_items", "Items in the loaded model's catalogue.", multiprocess_mode="livemax"
+)
+READY = Gauge(
+    "lrurec_ready", "1 when ready (model loaded, Redis answering).", multiprocess_mode="livemin"
+)
+
+# Touch every labelled child so each series exists (at 0) from the first scrape.
+for _outcome in EVENT_OUTCOMES:
+    EVENTS.labels(_outcome)
+for _kind in ERROR_KINDS:
+    ERRORS.labels(_kind)
+
+
+def redis_timer(operation: str) -> Timer:
+    """Context manager observing one Redis round trip into ``lrurec_redis_seconds``."""
+    return REDIS_SECONDS.labels(operation).time()
+
+
+def multiprocess_enabled() -> bool:
+    """Whether prometheus-client chose multiprocess values (decided at its import)."""
+    return values.ValueClass is not values.MutexValue
+
+
+def prepare_multiprocess_dir(directory: Path) -> None:
+    """Create ``directory`` and delete stale ``*.db`` files of earlier runs (before workers)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+
+
+def mark_worker_dead() -> None:
+    """Drop this worker's live gauges (multiprocess mode); call on shutdown."""
+    if multiprocess_enabled():
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def render_metrics(accept: str | None) -> tuple[bytes, str]:
+    """Exposition text (Prometheus or OpenMetrics, per ``Accept``) and its content type.
+
+    In multiprocess mode a fresh registry reads every worker's files on each scrape.
+    """
+    registry = REGISTRY
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
+
+
+def set_model(model_version: str, model_type: str, n_items: int) -> None:
+    MODEL_INFO.labels(model_version, model_type).set(1)
+    MODEL_ITEMS.set(n_items)
+
+
+class HTTPMetricsMiddleware:
+    """Times every HTTP request by route template (never the raw path: no per-user labels)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            # The router stores the matched route in the (shared) scope.
+            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+            HTTP_DURATION.labels(route, scope["method"], f"{status // 100}xx").observe(
+                time.perf_counter() - start
+            )
