@@ -13,7 +13,11 @@ import pytest
 
 from tests.deploy.promql import REPO
 
-SYSTEM_PACKAGE = {"prometheus": "prometheus", "promtool": "prometheus", "docker-compose": "docker-compose"}
+SYSTEM_PACKAGE = {
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+    "docker-compose": "docker-compose",
+}
 
 
 def find_tool(name: str) -> Path | None:

@@ -101,3 +101,33 @@ def alert_rules(path: Path = ALERTS) -> list[dict[str, Any]]:
     """Every rule of the Prometheus rules file, groups flattened."""
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
     return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+_SUFFIXES = {
+    "counter": ("_total",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+    "info": ("_info",),
+}
+
+
+def exported_families() -> dict[str, str]:
+    """Metric family name -> type, for every metric ``service/telemetry.py`` defines."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from service import telemetry
+
+    families: dict[str, str] = {}
+    for value in vars(telemetry).values():
+        if isinstance(value, MetricWrapperBase):
+            for family in value.describe():
+                families[family.name] = family.type
+    return families
+
+
+def exported_names() -> set[str]:
+    """Every sample name the service can expose (``_created`` series are not queried)."""
+    return {
+        name + suffix for name, kind in exported_families().items() for suffix in _SUFFIXES[kind]
+    }

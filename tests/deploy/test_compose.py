@@ -111,7 +111,8 @@ def test_prometheus_and_grafana_mount_the_deploy_directory(
     assert mounts["grafana"]["/etc/grafana/provisioning"] == repo / "deploy/grafana/provisioning"
     dashboards = mounts["grafana"]["/var/lib/grafana/dashboards"]
     assert dashboards == repo / "deploy" / "grafana" / "dashboards"
-    home = resolved["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    environment = resolved["services"]["grafana"]["environment"]
+    home = environment["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert (dashboards / Path(home).relative_to("/var/lib/grafana/dashboards")).is_file()
     provider = yaml.safe_load(
         (repo / "deploy/grafana/provisioning/dashboards/lrurec.yml").read_text(encoding="utf-8")

@@ -43,8 +43,9 @@ def stages(dockerfile: Path) -> dict[str, list[Instruction]]:
 def hadolint(tool: Callable[[str], Path], dockerfile: Path) -> tuple[int, list[dict[str, str]]]:
     binary = tool("hadolint")
     # style threshold: even the mildest finding fails; no inline `# hadolint ignore` honoured.
-    cmd = [str(binary), "--format", "json", "--failure-threshold", "style", "--disable-ignore-pragma"]
-    done = subprocess.run([*cmd, str(dockerfile)], capture_output=True, text=True, timeout=60)
+    options = ["--format", "json", "--failure-threshold", "style", "--disable-ignore-pragma"]
+    command = [str(binary), *options, str(dockerfile)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     return done.returncode, json.loads(done.stdout or "[]")
 
 
