@@ -80,3 +80,54 @@ def lru_step(
     new_re = decay_re * h_re - decay_im * h_im + u_re
     new_im = decay_re * h_im + decay_im * h_re + u_im
     return new_re, new_im
+
+
+class _LoopScan(torch.autograd.Function):
+    """h_t = a_t h_{t-1} + x_t by a loop over t, with a hand-written reverse-time backward.
+
+    The adjoint recurrence is δ_t = g_t + conj(a_{t+1}) δ_{t+1}; then ∂x_t = δ_t and
+    ∂a_t = δ_t conj(h_{t-1}) (PyTorch's conjugate-Wirtinger convention for complex tensors).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, gates: Tensor, inputs: Tensor) -> Tensor:
+        out = torch.empty_like(inputs)
+        h = inputs[:, 0]
+        out[:, 0] = h
+        for t in range(1, inputs.shape[1]):
+            h = torch.addcmul(inputs[:, t], gates[:, t], h)
+            out[:, t] = h
+        ctx.save_for_backward(gates, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        gates, out = ctx.saved_tensors  # type: ignore[attr-defined]
+        gates_conj = gates.conj()
+        delta = torch.empty_like(grad)
+        d = grad[:, -1]
+        delta[:, -1] = d
+        for t in range(grad.shape[1] - 2, -1, -1):
+            d = torch.addcmul(grad[:, t], gates_conj[:, t + 1], d)
+            delta[:, t] = d
+        grad_gates = torch.zeros_like(delta)
+        grad_gates[:, 1:] = delta[:, 1:] * out[:, :-1].conj()
+        return grad_gates, delta
+
+
+def loop_scan(gates: Tensor, inputs: Tensor, initial: Tensor | None = None) -> Tensor:
+    """:func:`sequential_scan` with a fused backward: the fast training scan on CPU.
+
+    On a CPU each of the t steps vectorises over b × n, and the loop allocates nothing per level;
+    measured at b = 73, t = 200, n = 128 complex (forward + backward, 1 thread) it took 0.16 s
+    against 1.4 s for :func:`parallel_scan` (training issue 7, benchmarks/RESULTS.md).
+    The log-depth scan stays the choice on GPUs, where the t sequential steps would dominate.
+
+    Args / Returns: as :func:`sequential_scan`.
+    """
+    gates = gates.expand_as(inputs)
+    if initial is not None:
+        first = inputs[:, :1] + gates[:, :1] * initial.unsqueeze(1)
+        inputs = torch.cat([first, inputs[:, 1:]], dim=1)
+    result: Tensor = _LoopScan.apply(gates, inputs)  # type: ignore[no-untyped-call]
+    return result
