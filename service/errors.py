@@ -19,7 +19,8 @@ from service import telemetry
 logger = logging.getLogger(__name__)
 
 REDIS_DOWN_MESSAGE = (
-    "Redis is unreachable: nothing was written; retry later (with the same event_id to be safe)."
+    "Redis is unreachable or timed out, so the request did not complete. Retry later with the "
+    "same event_id: an event is applied at most once per event_id."
 )
 
 

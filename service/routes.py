@@ -5,7 +5,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response
 
 from service.deps import EngineDep, SettingsDep, WriteAccess
-from service.errors import ContentionError, InvalidInputError, RedisUnavailableError
+from service.errors import (
+    REDIS_DOWN_MESSAGE,
+    ContentionError,
+    InvalidInputError,
+    RedisUnavailableError,
+)
 from service.schemas import (
     ID_PATTERN,
     MAX_ID_LENGTH,
@@ -54,9 +59,12 @@ async def post_events_batch(
         raise InvalidInputError(f"body.events: at most {settings.max_batch_size} events per batch")
     results, failure = await engine.apply_batch(batch.events, k, exclude_seen)
     if failure is not None:
-        error = ContentionError if failure == "contention" else RedisUnavailableError
-        dumped = [result.model_dump(exclude_none=True) for result in results]
-        raise error(f"{failure}: some events were not applied; see results", {"results": dumped})
+        failed = sum(result.reason == failure for result in results)
+        summary = f"{failed} of {len(results)} events were not processed (see results)."
+        dumped = {"results": [result.model_dump(exclude_none=True) for result in results]}
+        if failure == "contention":
+            raise ContentionError(f"Too many concurrent writers for a user. {summary}", dumped)
+        raise RedisUnavailableError(f"{REDIS_DOWN_MESSAGE} {summary}", dumped)
     return BatchResult(results=results)
 
 

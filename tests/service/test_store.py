@@ -1,0 +1,100 @@
+"""The Redis layer on a real server: key layout, the atomic check-and-write script, bounds."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import redis
+from redis.crc import key_slot
+
+from service.store import UserStore, Write, WriteStatus, create_redis
+
+T = TypeVar("T")
+
+
+def run_with_store(
+    url: str, body: Callable[[UserStore], Awaitable[T]], max_len: int = 3, ttl: int = 0
+) -> T:
+    """Run ``body(store)`` on a fresh event loop and client."""
+
+    async def main() -> T:
+        client = create_redis(url, timeout_seconds=2.0, retries=1, max_connections=4)
+        try:
+            return await body(UserStore(client, "lrurec", max_len, max_event_ids=2, ttl=ttl))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+def event(version: int, token: str, item: str = "a", event_id: str = "") -> Write:
+    return Write(
+        expected_version=version, token=token, event_id=event_id, item=item,
+        state=b"\x01" * 8, hidden=b"\x02" * 4, model_version="m1", applied=True, received=True,
+    )  # fmt: skip
+
+
+def test_all_keys_of_a_user_share_one_cluster_slot(redis_url: str) -> None:
+    async def body(store: UserStore) -> None:
+        for user in ("alice", "user:{42}", "we}ird{", "ünï"):
+            keys = store.keys(user)
+            assert len({key_slot(key.encode()) for key in keys}) == 1
+            assert all(key.startswith("lrurec:v1:") for key in keys)
+
+    run_with_store(redis_url, body)
+
+
+def test_a_stale_version_writes_nothing(redis_url: str, redis_client: "redis.Redis") -> None:
+    async def body(store: UserStore) -> tuple[WriteStatus, WriteStatus, int]:
+        first = await store.write("u", event(0, "t1", item="a"))
+        stale = await store.write("u", event(0, "t2", item="b"))  # lost the race
+        return first.status, stale.status, stale.version
+
+    first, stale, version = run_with_store(redis_url, body)
+    assert (first, stale, version) == (WriteStatus.WRITTEN, WriteStatus.CONFLICT, 1)
+    assert redis_client.lrange("lrurec:v1:{u}:hist", 0, -1) == [b"a"]
+    assert redis_client.hget("lrurec:v1:{u}:state", "events_applied") == b"1"
+
+
+def test_a_retried_write_is_recognised_by_its_token(redis_url: str) -> None:
+    async def body(store: UserStore) -> tuple[WriteStatus, int]:
+        await store.write("u", event(0, "same-token", event_id="e1"))
+        again = await store.write("u", event(0, "same-token", event_id="e1"))
+        return again.status, again.events_applied
+
+    assert run_with_store(redis_url, body) == (WriteStatus.ALREADY_WRITTEN, 1)
+
+
+def test_duplicate_event_ids_are_caught_inside_the_script(redis_url: str) -> None:
+    async def body(store: UserStore) -> tuple[WriteStatus, bool]:
+        await store.write("u", event(0, "t1", event_id="e1"))
+        duplicate = await store.write("u", event(1, "t2", event_id="e1"))
+        snapshot = await store.load("u", "e1")
+        return duplicate.status, snapshot.duplicate
+
+    assert run_with_store(redis_url, body) == (WriteStatus.DUPLICATE, True)
+
+
+def test_history_and_event_ids_are_bounded(redis_url: str, redis_client: "redis.Redis") -> None:
+    async def body(store: UserStore) -> list[str]:
+        for version, item in enumerate("abcde"):
+            await store.write("u", event(version, f"t{version}", item=item, event_id=f"e{item}"))
+        return (await store.load("u")).history
+
+    assert run_with_store(redis_url, body, max_len=3) == ["c", "d", "e"]
+    assert redis_client.zrange("lrurec:v1:{u}:eids", 0, -1) == [b"ed", b"ee"]
+
+
+def test_every_key_gets_the_ttl(redis_url: str, redis_client: "redis.Redis") -> None:
+    run_with_store(redis_url, lambda store: store.write("u", event(0, "t", event_id="e")), ttl=60)
+    for suffix in ("state", "hist", "eids"):
+        assert 0 < redis_client.ttl(f"lrurec:v1:{{u}}:{suffix}") <= 60
+
+
+def test_delete_removes_every_key(redis_url: str, redis_client: "redis.Redis") -> None:
+    async def body(store: UserStore) -> tuple[bool, bool]:
+        await store.write("u", event(0, "t", event_id="e"))
+        return await store.delete("u"), await store.delete("u")
+
+    assert run_with_store(redis_url, body) == (True, False)
+    assert redis_client.dbsize() == 0
