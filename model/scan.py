@@ -25,11 +25,10 @@ def sequential_scan(gates: Tensor, inputs: Tensor, initial: Tensor | None = None
     Returns:
         ``[b, t, n]``: h at every position.
     """
-    gates = gates.expand_as(inputs)
     h = torch.zeros_like(inputs[:, 0]) if initial is None else initial
     outputs = []
-    for t in range(inputs.shape[1]):
-        h = gates[:, t] * h + inputs[:, t]
+    for gate, value in zip(gates.expand_as(inputs).unbind(1), inputs.unbind(1), strict=True):
+        h = gate * h + value
         outputs.append(h)
     return torch.stack(outputs, dim=1)
 
