@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import LRURecConfig
+from model.folded import FoldedCache, folded_step
 from model.init import is_truncated_normal_target, truncated_normal_
 from model.layers import LRUBlock
 from model.shapes import Hidden, Items, Scores, State
@@ -31,6 +32,7 @@ class LRURec(nn.Module):
         self.blocks = nn.ModuleList(LRUBlock(config) for _ in range(config.n_layers))
         self.item_bias = nn.Parameter(torch.empty(config.vocab_size))
         self.reset_parameters()
+        self._folded = FoldedCache(self)
 
     def reset_parameters(self) -> None:
         """Truncated normal (σ = 0.02, ±2σ) on every weight and bias except LayerNorm and λ/γ."""
@@ -99,6 +101,10 @@ class LRURec(nn.Module):
     def step(self, items: Items, state: State) -> tuple[Hidden, State]:
         """Advance each user's state by one event in O(1) of the history length.
 
+        In inference (eval mode, no autograd) this runs :func:`model.folded.folded_step`, the
+        same function with λ, γ, B and C folded once (about 2x faster at batch 1); otherwise the
+        readable :meth:`reference_step`.
+
         Args:
             items: ``LongTensor[b]``, one item per user (non-zero).
             state: ``[b, *state_shape]``; not modified.
@@ -106,9 +112,16 @@ class LRURec(nn.Module):
         Returns:
             ``(hidden [b, d], new_state [b, *state_shape])``.
         """
+        if self.training or torch.is_grad_enabled():
+            return self.reference_step(items, state)
+        return folded_step(self, self._folded.layers(), items, state)
+
+    def reference_step(self, items: Items, state: State) -> tuple[Hidden, State]:
+        """The readable step, block by block (differentiable, applies dropout in training)."""
         x = self.embed(items)
         new_layers = []
         for k, block in enumerate(self.blocks):
+            assert isinstance(block, LRUBlock)
             x, h_re, h_im = block.step(x, state[:, k, 0], state[:, k, 1])
             new_layers.append(torch.stack([h_re, h_im], dim=1))
         return x, torch.stack(new_layers, dim=1)

@@ -1,0 +1,198 @@
+"""ONNX export of LRURec's serving graphs: one step (+ scores) with real tensors in and out.
+
+ONNX Runtime has no complex type (onnx/onnx#6480), so the exported graph is the folded real-valued
+step of :mod:`model.folded`, whose state layout is the serving one. Fixed names (the contract
+with any runtime):
+
+    step graph   inputs   items      int64   [batch]                 one item per user
+                          state      float32 [batch, n_layers, 2, n] (Re h, Im h) per layer
+                 outputs  hidden     float32 [batch, d]
+                          new_state  float32 [batch, n_layers, 2, n]
+                          scores     float32 [batch, v]              column 0 (padding) is -inf
+    score graph  input    hidden     float32 [batch, d]
+                 output   scores     float32 [batch, v]              column 0 is -inf
+
+The batch axis is dynamic. With ``table_inputs=True`` the item table and score bias become graph
+inputs ``item_embedding`` ``[v, d]`` and ``item_bias`` ``[v]`` (``v`` dynamic) whose defaults are
+stored as initializers of the same name, so a runtime may feed a different catalogue or leave them
+out. The exporter is the TorchScript one (``dynamo=False``): the dynamo exporter needs
+``onnxscript``, which is not a dependency, and the classic one handles this small graph exactly.
+"""
+
+import io
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.folded import fold_layer, folded_step
+from model.lrurec import LRURec
+from model.shapes import Hidden, Items, Scores, State
+
+OPSET = 17
+STEP_INPUTS = ("items", "state")
+TABLE_INPUTS = ("item_embedding", "item_bias")
+STEP_OUTPUTS = ("hidden", "new_state", "scores")
+SCORE_INPUTS = ("hidden",)
+SCORE_OUTPUTS = ("scores",)
+
+
+def masked_scores(hidden: Hidden, table: Tensor, bias: Tensor, padding: Tensor) -> Scores:
+    """``hidden @ tableᵀ + bias`` with column 0 replaced by ``padding`` ``[1]`` (-inf).
+
+    ``padding`` is a (persistent) buffer made outside the trace: the TorchScript exporter's shape
+    inference fails on a -inf constant made inside it, or on a non-persistent buffer (inlined as a
+    constant), with "value cannot be converted to type int64_t without overflow".
+    """
+    return F.linear(hidden, table, torch.cat([padding, bias[1:]]))
+
+
+def _padding_score(model: LRURec) -> Tensor:
+    return torch.full_like(model.item_bias.detach()[:1], -torch.inf)
+
+
+class StepModule(nn.Module):
+    """LRURec step and scores with real tensors only; the λ, γ, B, C folding is a snapshot.
+
+    Args:
+        model: the LRURec to serve (its weights at construction time are folded in).
+    """
+
+    padding: Tensor
+
+    def __init__(self, model: LRURec) -> None:
+        super().__init__()
+        if not isinstance(model, LRURec):
+            raise TypeError(f"ONNX export supports LRURec, got {type(model).__name__}")
+        self.model = model
+        self.layers = [fold_layer(block) for block in model.blocks]  # type: ignore[arg-type]
+        self.register_buffer("padding", _padding_score(model))
+
+    def forward(
+        self,
+        items: Items,
+        state: State,
+        item_embedding: Tensor | None = None,
+        item_bias: Tensor | None = None,
+    ) -> tuple[Hidden, State, Scores]:
+        """``items [b]``, ``state [b, k, 2, n]`` → ``(hidden [b, d], new_state, scores [b, v])``."""
+        table = self.model.embedding.weight if item_embedding is None else item_embedding
+        bias = self.model.item_bias if item_bias is None else item_bias
+        hidden, new_state = folded_step(self.model, self.layers, items, state, table)
+        return hidden, new_state, masked_scores(hidden, table, bias, self.padding)
+
+
+class ScoreModule(nn.Module):
+    """Scores of hidden vectors (the cold start, or a stored hidden): ``[b, d] → [b, v]``."""
+
+    padding: Tensor
+
+    def __init__(self, model: LRURec) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("padding", _padding_score(model))
+
+    def forward(
+        self, hidden: Hidden, item_embedding: Tensor | None = None, item_bias: Tensor | None = None
+    ) -> Scores:
+        table = self.model.embedding.weight if item_embedding is None else item_embedding
+        bias = self.model.item_bias if item_bias is None else item_bias
+        return masked_scores(hidden, table, bias, self.padding)
+
+
+def _add_default_inputs(onnx_bytes: bytes, defaults: dict[str, Tensor]) -> bytes:
+    """Store ``defaults`` as initializers named like graph inputs: overridable default values."""
+    import onnx  # only needed for this option; model/ otherwise depends on torch alone
+    from onnx import numpy_helper
+
+    graph_model = onnx.load_from_string(onnx_bytes)
+    for name, value in defaults.items():
+        array = value.detach().cpu().contiguous().numpy()
+        graph_model.graph.initializer.append(numpy_helper.from_array(array, name=name))
+    return bytes(graph_model.SerializeToString())
+
+
+def _export(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> bytes:
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated; see the module docstring.
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        torch.onnx.export(  # the TorchScript exporter accepts a file object (the stub says path)
+            module,
+            args,
+            buffer,  # type: ignore[arg-type]
+            dynamo=False,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()
+
+
+def export_onnx(
+    model: LRURec,
+    path: Path | str | None = None,
+    *,
+    graph: str = "step",
+    table_inputs: bool = False,
+) -> bytes:
+    """Export the step graph (``graph="step"``) or the score graph (``graph="score"``).
+
+    Args:
+        model: an LRURec; exported in eval mode, its own mode is left as it was.
+        path: where to write the ``.onnx`` file; ``None`` only returns the bytes.
+        graph: ``"step"`` (items, state → hidden, new_state, scores) or ``"score"``
+            (hidden → scores). Names and shapes are in the module docstring.
+        table_inputs: make ``item_embedding`` and ``item_bias`` overridable graph inputs.
+
+    Returns:
+        The serialised ONNX model.
+    """
+    was_training = model.training
+    try:
+        data = _export_graph(model.eval(), graph, table_inputs)
+    finally:
+        model.train(was_training)
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+def _export_graph(model: LRURec, graph: str, table_inputs: bool) -> bytes:
+    batch = {0: "batch"}
+    vocab_axes = {"scores": {0: "batch", 1: "vocab"}}
+    tables: tuple[Tensor, ...] = ()
+    table_names: tuple[str, ...] = ()
+    if table_inputs:
+        tables = (model.embedding.weight.detach(), model.item_bias.detach())
+        table_names = TABLE_INPUTS
+        vocab_axes |= {"item_embedding": {0: "vocab"}, "item_bias": {0: "vocab"}}
+    module: nn.Module
+    names: tuple[str, ...]
+    outputs: tuple[str, ...]
+    if graph == "step":
+        args = (torch.ones(2, dtype=torch.long), model.init_state(2), *tables)
+        names, outputs, module = STEP_INPUTS, STEP_OUTPUTS, StepModule(model)
+        axes = {"items": batch, "state": batch, "hidden": batch, "new_state": batch}
+    elif graph == "score":
+        args = (model.cold_start_hidden().detach().expand(2, -1).contiguous(), *tables)
+        names, outputs, module = SCORE_INPUTS, SCORE_OUTPUTS, ScoreModule(model)
+        axes = {"hidden": batch}
+    else:
+        raise ValueError(f"graph must be 'step' or 'score', got {graph!r}")
+    # eval() also matters after the export: the exporter restores the wrapper's training flag,
+    # which would otherwise switch the wrapped model to training mode.
+    data = _export(module.eval(), args, names + table_names, outputs, axes | vocab_axes)
+    if table_inputs:
+        data = _add_default_inputs(data, dict(zip(TABLE_INPUTS, tables, strict=True)))
+    return data

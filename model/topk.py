@@ -1,0 +1,79 @@
+"""Exact top-k over a large catalogue in column chunks, so memory stays ``b × chunk_size``.
+
+Scoring 1M items for 64 users at once would materialise a 256 MB ``[b, v]`` matrix; here each
+chunk of the item table is scored, reduced to its own top-k and merged into the running best, so
+the result is the same exact top-k as ``torch.topk`` over the full score matrix (up to the order
+of exactly tied scores). The tables are the ones ``model.score`` uses: ``(embedding.weight,
+item_bias)`` for LRURec, ``(embedding.weight, None)`` for SASRec.
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEFAULT_CHUNK = 65_536
+"""Items scored at once: 16 MB of float32 scores at batch 64."""
+
+
+def _exclusion_index(
+    exclude: Sequence[Sequence[int]], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Flat (row, column) index tensors of every excluded item."""
+    rows = [row for row, items in enumerate(exclude) for _ in items]
+    columns = [item for items in exclude for item in items]
+    return (
+        torch.tensor(rows, dtype=torch.long, device=device),
+        torch.tensor(columns, dtype=torch.long, device=device),
+    )
+
+
+def chunked_top_k(
+    hidden: Tensor,
+    table: Tensor,
+    bias: Tensor | None,
+    k: int,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    exclude: Sequence[Sequence[int]] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Best ``k`` items of ``hidden @ tableᵀ + bias``, never column 0 (padding), best first.
+
+    Args:
+        hidden: ``[b, d]``.
+        table: item embeddings ``[v, d]`` (row 0 is padding).
+        bias: ``[v]`` or ``None``.
+        k: items per user; at most ``v - 1`` are returned.
+        chunk_size: items scored at once (bounds the temporary scores to ``[b, chunk_size]``).
+        exclude: per user, item indices that must not be returned (e.g. already seen).
+
+    Returns:
+        ``(values [b, k'], indices [b, k'])`` with ``k' = min(k, v - 1)``, sorted by decreasing
+        score. Where fewer than ``k'`` items remain after the exclusions, the tail has value -inf
+        (its index is meaningless): callers drop non-finite values.
+    """
+    if k < 1 or chunk_size < 1:
+        raise ValueError(f"k and chunk_size must be >= 1, got {k}, {chunk_size}")
+    if exclude is not None and len(exclude) != hidden.shape[0]:
+        raise ValueError(f"exclude has {len(exclude)} rows for a batch of {hidden.shape[0]}")
+    batch, vocab = hidden.shape[0], table.shape[0]
+    width = min(k, vocab - 1)
+    best_values = hidden.new_full((batch, width), -torch.inf)
+    best_indices = torch.zeros(batch, width, dtype=torch.long, device=hidden.device)
+    rows, columns = _exclusion_index(exclude, hidden.device) if exclude else (None, None)
+    for start in range(1, vocab, chunk_size):  # from 1: column 0 is padding
+        stop = min(start + chunk_size, vocab)
+        scores = F.linear(hidden, table[start:stop], None if bias is None else bias[start:stop])
+        if rows is not None and columns is not None:
+            inside = (columns >= start) & (columns < stop)
+            scores[rows[inside], columns[inside] - start] = -torch.inf
+        values, indices = torch.topk(scores, min(width, stop - start), dim=1)  # [b, ≤ width]
+        if start == 1 and values.shape[1] == width:  # a full first chunk needs no merge
+            best_values, best_indices = values, indices + start
+            continue
+        merged_values = torch.cat([best_values, values], dim=1)
+        merged_indices = torch.cat([best_indices, indices + start], dim=1)
+        best_values, order = torch.topk(merged_values, width, dim=1)
+        best_indices = merged_indices.gather(1, order)
+    return best_values, best_indices

@@ -1,0 +1,130 @@
+"""ONNX Runtime runs the exported LRURec step + score graph like torch: same top-10, same scores."""
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from model import LRURec, LRURecConfig, SASRec, SASRecConfig
+from model.export import STEP_INPUTS, STEP_OUTPUTS, StepModule, export_onnx
+from tests.model.conftest import left_padded_batch
+
+N_ITEMS = 3_416
+SCORE_TOLERANCE = 1e-4
+N_STATES = 100
+
+
+def session(data: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # overridable initializers are intended here
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def model() -> LRURec:
+    torch.manual_seed(0)
+    return LRURec(LRURecConfig(n_items=N_ITEMS, d_model=64, n_layers=2)).eval()
+
+
+def random_inputs(model: LRURec) -> tuple[torch.Tensor, torch.Tensor]:
+    """100 states: half rebuilt from random histories (realistic), half Gaussian noise."""
+    generator = torch.Generator().manual_seed(1)
+    histories = left_padded_batch([1 + 4 * i for i in range(N_STATES // 2)], N_ITEMS, seed=2)
+    with torch.no_grad():
+        _, rebuilt = model.prefill(histories)
+    noise = torch.randn(N_STATES // 2, *model.state_shape, generator=generator)
+    items = torch.randint(1, N_ITEMS + 1, (N_STATES,), generator=generator)
+    return items, torch.cat([rebuilt, noise])
+
+
+def run_torch(model: LRURec, items: torch.Tensor, state: torch.Tensor) -> list[np.ndarray]:
+    with torch.no_grad():
+        hidden, new_state = model.reference_step(items, state)
+        scores = model.score(hidden)
+    scores[:, 0] = -torch.inf
+    return [hidden.numpy(), new_state.numpy(), scores.numpy()]
+
+
+def assert_same_recommendations(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert np.isneginf(actual[:, 0]).all()
+    np.testing.assert_allclose(actual[:, 1:], expected[:, 1:], rtol=0, atol=SCORE_TOLERANCE)
+    top_actual = np.argsort(-actual, axis=1, kind="stable")[:, :10]
+    top_expected = np.argsort(-expected, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(top_actual, top_expected)
+
+
+def test_onnxruntime_step_matches_torch_over_100_random_states(model: LRURec) -> None:
+    items, state = random_inputs(model)
+    expected = run_torch(model, items, state)
+    graph = session(export_onnx(model))
+    assert [i.name for i in graph.get_inputs()] == list(STEP_INPUTS)
+    assert [o.name for o in graph.get_outputs()] == list(STEP_OUTPUTS)
+    hidden, new_state, scores = graph.run(None, {"items": items.numpy(), "state": state.numpy()})
+    np.testing.assert_allclose(hidden, expected[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(new_state, expected[1], rtol=0, atol=1e-5)
+    assert_same_recommendations(scores, expected[2])
+
+
+def test_batch_axis_is_dynamic_and_rows_are_independent(model: LRURec, tmp_path: Path) -> None:
+    items, state = random_inputs(model)
+    export_onnx(model, tmp_path / "step.onnx")
+    graph = session((tmp_path / "step.onnx").read_bytes())
+    full = graph.run(["scores"], {"items": items.numpy(), "state": state.numpy()})[0]
+    for batch in (1, 7):
+        part = graph.run(
+            ["scores"], {"items": items[:batch].numpy(), "state": state[:batch].numpy()}
+        )
+        np.testing.assert_allclose(part[0], full[:batch], rtol=0, atol=1e-6)
+
+
+def test_table_inputs_default_to_the_model_and_accept_another_catalogue(model: LRURec) -> None:
+    items, state = random_inputs(model)
+    graph = session(export_onnx(model, table_inputs=True))
+    feeds = {"items": items.numpy(), "state": state.numpy()}
+    assert_same_recommendations(graph.run(["scores"], feeds)[0], run_torch(model, items, state)[2])
+    generator = torch.Generator().manual_seed(5)
+    table = torch.randn(501, 64, generator=generator) * 0.05
+    bias = torch.randn(501, generator=generator) * 0.05
+    small_items = items % 500 + 1
+    feeds = {"items": small_items.numpy(), "state": state.numpy()}
+    scores = graph.run(
+        ["scores"], feeds | {"item_embedding": table.numpy(), "item_bias": bias.numpy()}
+    )
+    with torch.no_grad():
+        expected = StepModule(model)(small_items, state, table, bias)[2].numpy()
+    assert scores[0].shape == (N_STATES, 501)
+    assert_same_recommendations(scores[0], expected)
+
+
+def test_score_graph_matches_torch_scores(model: LRURec) -> None:
+    hidden = torch.randn(N_STATES, 64, generator=torch.Generator().manual_seed(6))
+    graph = session(export_onnx(model, graph="score"))
+    with torch.no_grad():
+        expected = model.score(hidden).numpy()
+    expected[:, 0] = -np.inf
+    assert_same_recommendations(graph.run(None, {"hidden": hidden.numpy()})[0], expected)
+
+
+def test_only_lrurec_exports_and_unknown_graphs_are_rejected(model: LRURec) -> None:
+    sasrec = SASRec(SASRecConfig(n_items=10, d_model=8, max_len=4))
+    with pytest.raises(TypeError, match="LRURec"):
+        StepModule(sasrec)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="graph"):
+        export_onnx(model, graph="prefill")
+
+
+def test_export_leaves_the_model_in_its_own_mode(model: LRURec) -> None:
+    export_onnx(model, graph="score")
+    assert not model.training
+    assert not any(module.training for module in model.modules())
+    model.train()
+    try:
+        export_onnx(model, graph="score")
+        assert all(module.training for module in model.modules())
+    finally:
+        model.eval()
