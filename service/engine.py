@@ -69,6 +69,19 @@ class Engine:
     def _known(self, history: Sequence[str]) -> list[int]:
         return [self._index[item] for item in history if item in self._index]
 
+    def _stale(self, snap: Snapshot) -> bool:
+        """The stored state belongs to another model (version or shape) and needs a rebuild."""
+        if snap.state is None:
+            return False
+        return snap.model_version != self.model_version or len(snap.state) != self._state_bytes
+
+    async def _load(self, user_id: str, event_id: str | None, history: bool) -> Snapshot:
+        """Load a user; the history is fetched when asked for or when a rebuild needs it."""
+        snap = await self.store.load(user_id, event_id, history)
+        if self._stale(snap) and not snap.history_loaded:
+            snap = await self.store.load(user_id, event_id, history=True)
+        return snap
+
     def _current(self, snap: Snapshot) -> tuple[FloatArray | None, FloatArray | None, bool]:
         """(state, hidden, rebuilt) of a snapshot; a state of another model is rebuilt.
 
@@ -76,7 +89,7 @@ class Engine:
         """
         if snap.state is None or snap.hidden is None:
             return None, None, False
-        if snap.model_version == self.model_version and len(snap.state) == self._state_bytes:
+        if not self._stale(snap):
             state = np.frombuffer(snap.state, dtype=np.float32).reshape(self._state_shape)
             return state, np.frombuffer(snap.hidden, dtype=np.float32), False
         known = self._known(snap.history)
@@ -93,11 +106,11 @@ class Engine:
         return hidden[0], states[0]
 
     async def _commit(
-        self, event: Event, index: int | None, token: str
+        self, event: Event, index: int | None, token: str, history: bool
     ) -> tuple[WriteResult, Snapshot, FloatArray | None]:
         """Read → step → check-and-write, retried while another writer got there first."""
         for attempt in range(self._max_retries):
-            snap = await self.store.load(event.user_id, event.event_id)
+            snap = await self._load(event.user_id, event.event_id, history)
             state, hidden, rebuilt = self._current(snap)
             if snap.duplicate:
                 return (
@@ -136,7 +149,9 @@ class Engine:
         index = self._index.get(event.item_id)
         try:
             async with self._lock(event.user_id):
-                result, snap, hidden = await self._commit(event, index, uuid.uuid4().hex)
+                # The history is read only to mask seen items: a k=0 event stays O(1).
+                history = k > 0 and exclude_seen
+                result, snap, hidden = await self._commit(event, index, uuid.uuid4().hex, history)
         except (RedisError, ContentionError):
             telemetry.EVENTS.labels("rejected").inc()
             raise
@@ -175,7 +190,7 @@ class Engine:
 
     async def recommend(self, user_id: str, k: int, exclude_seen: bool) -> Recommendations:
         """Top-k for a user's stored state (rebuilt once if it belongs to another model)."""
-        snap = await self.store.load(user_id)
+        snap = await self._load(user_id, None, history=exclude_seen)
         state, hidden, rebuilt = self._current(snap)
         if rebuilt and state is not None and hidden is not None:
             write = Write(
