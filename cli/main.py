@@ -9,3 +9,6 @@ app = typer.Typer(
 )
 
 # Command registrations (one line per command; keep this file a thin composition root).
+from cli.serve_command import serve  # noqa: E402
+
+app.command("serve")(serve)

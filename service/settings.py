@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     redis_retries: int = Field(default=2, ge=0, le=10)
     redis_max_connections: int = Field(default=64, ge=2)
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="Prometheus multiprocess directory for `lrurec serve --workers N` "
+        "(emptied at start); a temporary one when unset.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,78 @@
+"""``lrurec serve``: run the HTTP service under uvicorn, with embedded defaults for a fresh machine.
+
+Without ``--redis-url``/``LRUREC_REDIS_URL`` a private redis-server is started on loopback (once,
+shared by every worker) and stopped on exit; without ``--artifact``/``LRUREC_ARTIFACT`` the small
+demo artifact is built (seconds) and served.
+"""
+
+import os
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from service.embedded_redis import EmbeddedRedis
+from service.settings import get_settings
+from service.telemetry import prepare_multiprocess_dir
+
+APP_FACTORY = "service.main:create_app"
+
+
+def _demo_artifact() -> Path:
+    from cli.demo import ensure_demo_artifact  # built only when no artifact is configured
+
+    return ensure_demo_artifact()
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="uvicorn worker processes (metrics are aggregated).")
+    ] = 1,
+    artifact: Annotated[
+        Path | None,
+        typer.Option(
+            help="Artifact directory. Default: LRUREC_ARTIFACT, else a demo artifact.",
+            exists=True,
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Redis URL. Default: LRUREC_REDIS_URL, else an embedded redis-server on "
+            "loopback that lives as long as this command.",
+            show_default=False,
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
+    """Serve real-time recommendations over HTTP (see /docs once it runs)."""
+    settings = get_settings()
+    artifact = artifact or settings.artifact or _demo_artifact()
+    with ExitStack() as stack:
+        url = redis_url or settings.redis_url
+        if url is None:
+            url = stack.enter_context(EmbeddedRedis()).url
+            typer.echo(f"embedded redis-server on {url} (stopped on exit; nothing persisted)")
+        # Workers are fresh processes: they read their settings from the environment.
+        environment = {"LRUREC_ARTIFACT": str(artifact.resolve()), "LRUREC_REDIS_URL": url}
+        if workers > 1:
+            metrics_dir = settings.metrics_dir or Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="lrurec-metrics-"))
+            )
+            prepare_multiprocess_dir(metrics_dir)
+            environment["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ.update(environment)
+        get_settings.cache_clear()
+        typer.echo(f"serving {artifact} on http://{host}:{port} with {workers} worker(s)")
+        uvicorn.run(
+            APP_FACTORY, factory=True, host=host, port=port, workers=workers,
+            log_level=log_level, access_log=access_log,
+        )  # fmt: skip
