@@ -14,7 +14,9 @@ are tied to the item embedding, with no bias.
 Glossary (in addition to ``model/shapes.py``): Λ is ``decay_logit`` (``[n]``; the base decay is
 a = exp(-softplus(Λ)), initialised as the official linspace, reference B3); ``W_in`` is
 ``in_proj`` (d → 2n), ``W_g``/``b_g`` is ``gate_proj`` (n → 2n), ``W_o`` is ``out_proj`` (n → d);
-``x_pre`` is the convolution's input, ``x_c`` its SiLU output.
+``x_pre`` is the convolution's input, ``x_c`` its SiLU output. The recurrence runs on any
+:mod:`model.scan` scan over (gate, value) pairs: the log-depth ``parallel_scan`` or, on CPU,
+``loop_scan``; both are pinned to ``sequential_scan`` by tests/model/test_recblr.py.
 
 Padding, defined cleanly (reference B7; unlike the official code, whose zero-padding before the
 convolution makes the initial state depend on ``max_len``): a user's state before the first real
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import RecBLRConfig
-from model.scan import parallel_scan
+from model.scan import loop_scan, parallel_scan
 from model.shapes import Hidden, Items, Scores, State
 
 Scan = Callable[[Tensor, Tensor], Tensor]
@@ -54,11 +56,8 @@ def decay_logit_init(n: int, a_min: float, a_max: float) -> Tensor:
 
     exp(-softplus(Λ)) then runs from a_min to a_max, skewed towards a_max (reference B3).
     """
-
-    def inverse_softplus(y: float) -> float:
-        return math.log(math.expm1(y))
-
-    start, end = inverse_softplus(-math.log(a_min)), inverse_softplus(-math.log(a_max))
+    # softplus⁻¹(y) = log(expm1(y))
+    start, end = (math.log(math.expm1(-math.log(a))) for a in (a_min, a_max))
     return torch.linspace(start, end, n, dtype=torch.float64).float()
 
 
@@ -82,17 +81,16 @@ class GatedRecurrentLayer(nn.Module):
         beta = torch.sqrt(1 - alpha * alpha + GATE_EPS) * torch.sigmoid(i)
         return alpha, beta
 
-    def causal_conv(self, x_pre: Tensor, real: Tensor) -> Tensor:
+    def causal_conv(self, x_pre: Tensor, history: Tensor) -> Tensor:
         """SiLU of the causal depthwise convolution, with padding invisible as history.
 
         Args:
             x_pre: ``[b, t, n]``.
-            real: ``[b, t, 1]``, 1.0 at real events and 0.0 at padding.
+            history: ``[b, t, n]``, ``x_pre`` with padding positions zeroed.
 
         Returns:
             ``[b, t, n]``. At a padding position: the output with an all-zero history.
         """
-        history = x_pre * real
         padded = F.pad(history.transpose(1, 2), (self.conv.kernel_size[0] - 1, 0))  # [b, n, t+K-1]
         out = self.conv(padded).transpose(1, 2)  # [b, t, n]
         # A padding position still sees itself (the step on item 0 does): add its newest tap.
@@ -108,17 +106,18 @@ class GatedRecurrentLayer(nn.Module):
             u: ``[b, t, d]``.
             real: ``[b, t, 1]``, 1.0 at real events, 0.0 at padding.
             carry: ``[b, t, 1]``, 0.0 where h_{t-1} must not flow into h_t (t-1 is padding).
-            scan: the scan implementation (parallel in training, sequential as a reference).
+            scan: the scan implementation (see :meth:`RecBLR.forward`).
 
         Returns:
             ``(y [b, t, d], h [b, t, n], x_hist [b, t, n])``; ``x_hist`` is ``x_pre`` zeroed at
             padding (what the serving state's convolution buffer holds).
         """
         x_pre, z = self.in_proj(u).chunk(2, dim=-1)  # [b, t, n] each
-        x_c = self.causal_conv(x_pre, real)
+        x_hist = x_pre * real
+        x_c = self.causal_conv(x_pre, x_hist)
         alpha, beta = self.gates(x_c)
         h = scan(alpha * carry, beta * x_c)
-        return self.out_proj(F.silu(z) * h), h, x_pre * real
+        return self.out_proj(F.silu(z) * h), h, x_hist
 
     def step(self, u: Tensor, h: Tensor, buffer: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One event per user.
@@ -217,7 +216,10 @@ class RecBLR(nn.Module):
         """The blocks, typed (``nn.ModuleList`` iterates as plain ``nn.Module``)."""
         return [cast(RecBLRBlock, block) for block in self.blocks]
 
-    def _run(self, items: Items, scan: Scan) -> tuple[Hidden, list[tuple[Tensor, Tensor]]]:
+    def _run(self, items: Items, scan: Scan | None) -> tuple[Hidden, list[tuple[Tensor, Tensor]]]:
+        if scan is None:
+            # As for LRURec: the loop scan is faster on CPU (model/scan.py: loop_scan).
+            scan = loop_scan if items.device.type == "cpu" else parallel_scan
         mask = items > 0  # [b, t]
         carry = torch.zeros_like(mask)
         carry[:, 1:] = mask[:, :-1]  # h_{t-1} flows into h_t only if t-1 is a real event
@@ -230,12 +232,14 @@ class RecBLR(nn.Module):
             layers.append((h, x_hist))
         return x, layers
 
-    def forward(self, items: Items, scan: Scan = parallel_scan) -> Hidden:
+    def forward(self, items: Items, scan: Scan | None = None) -> Hidden:
         """Hidden state after the last block at every position.
 
         Args:
             items: ``LongTensor[b, t]``, left-padded with 0.
-            scan: scan implementation; tests pass :func:`model.scan.sequential_scan`.
+            scan: the scan to use; by default :func:`model.scan.loop_scan` on CPU and the
+                log-depth :func:`model.scan.parallel_scan` elsewhere. Tests pin each one to
+                :func:`model.scan.sequential_scan`.
 
         Returns:
             ``Tensor[b, t, d]``. At a padding position this is the cold-start output.
@@ -253,7 +257,7 @@ class RecBLR(nn.Module):
             ``(hidden [b, d], state [b, *state_shape])``, identical to stepping through the
             real events from :meth:`init_state`. An all-padding row gives the zero state.
         """
-        hidden, layers = self._run(items, parallel_scan)
+        hidden, layers = self._run(items, None)
         real = (items[:, -1] > 0).unsqueeze(-1).to(hidden.dtype)  # [b, 1]
         n_buffer = self.config.d_conv - 1
         parts = []

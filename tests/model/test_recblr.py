@@ -19,12 +19,14 @@ from model import (
     save_artifact,
     save_model,
 )
+from model.recblr import Scan
 from model.registry import build_model
-from model.scan import sequential_scan
+from model.scan import loop_scan, parallel_scan, sequential_scan
 from tests.model.conftest import TOLERANCE, left_padded_batch
 
 MIXED_LENGTHS = [1, 2, 3, 4, 17, 64, 100, 128, 255, 256, 300, 301]
 N_ITEMS = 50
+SCANS: tuple[Scan, ...] = (parallel_scan, loop_scan)
 
 
 @pytest.fixture(autouse=True)
@@ -62,11 +64,12 @@ def test_parallel_forward_equals_step_by_step_at_every_real_position(dtype: torc
     model = RecBLR(RecBLRConfig(n_items=40, d_model=8, n_layers=2)).to(dtype).eval()
     items = left_padded_batch(MIXED_LENGTHS, n_items=40)
     with torch.no_grad():
-        parallel = model(items)
         stepped = stepped_outputs(model, items)
-    for row, length in enumerate(MIXED_LENGTHS):
-        error = (parallel[row, -length:] - stepped[row]).abs().max().item()
-        assert error <= TOLERANCE[dtype], f"length {length}: max abs error {error:.3g}"
+        for scan in SCANS:
+            parallel = model(items, scan=scan)
+            for row, length in enumerate(MIXED_LENGTHS):
+                error = (parallel[row, -length:] - stepped[row]).abs().max().item()
+                assert error <= TOLERANCE[dtype], f"{scan.__name__}, length {length}: {error:.3g}"
 
 
 def test_parallel_forward_equals_stepping_at_the_production_size() -> None:
@@ -82,16 +85,44 @@ def test_parallel_forward_equals_stepping_at_the_production_size() -> None:
         assert error <= TOLERANCE[torch.float32], f"length {length}: max abs error {error:.3g}"
 
 
+@pytest.mark.parametrize("scan", SCANS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_parallel_scan_equals_sequential_scan_inside_the_model(dtype: torch.dtype) -> None:
+def test_scan_equals_sequential_scan_inside_the_model(dtype: torch.dtype, scan: Scan) -> None:
     torch.manual_seed(3)
     model = RecBLR(RecBLRConfig(n_items=N_ITEMS, d_model=8)).to(dtype).eval()
     items = left_padded_batch([1, 3, 64, 255, 301], n_items=N_ITEMS, seed=3)
     with torch.no_grad():
-        parallel = model(items)
+        fast = model(items, scan=scan)
         sequential = model(items, scan=sequential_scan)
-        assert not torch.equal(parallel, model(items, scan=lambda gates, inputs: inputs))
-    assert (parallel - sequential).abs().max().item() <= TOLERANCE[dtype]
+        assert not torch.equal(fast, model(items, scan=lambda gates, inputs: inputs))
+    assert (fast - sequential).abs().max().item() <= TOLERANCE[dtype]
+
+
+def test_gradients_agree_across_scans() -> None:
+    torch.manual_seed(4)
+    model = RecBLR(RecBLRConfig(n_items=N_ITEMS, d_model=8, dropout=0.0)).double()
+    items = left_padded_batch([2, 40, 70], n_items=N_ITEMS, seed=4)
+    gradients = []
+    for scan in (sequential_scan, *SCANS):
+        model.zero_grad()
+        loss = F.cross_entropy(
+            model.score(model(items, scan=scan))[:, :-1].flatten(0, 1),
+            items[:, 1:].flatten(),
+            ignore_index=0,
+        )
+        torch.autograd.backward(loss)
+        gradients.append(
+            torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        )
+    assert gradients[0].abs().sum() > 0
+    for other in gradients[1:]:
+        assert (other - gradients[0]).abs().max().item() <= TOLERANCE[torch.float64]
+
+
+def test_default_scan_on_cpu_is_the_loop_scan(small_recblr: RecBLR) -> None:
+    items = left_padded_batch([5, 9], n_items=N_ITEMS)
+    with torch.no_grad():
+        assert torch.equal(small_recblr(items), small_recblr(items, scan=loop_scan))
 
 
 def test_left_padding_does_not_change_outputs(small_recblr: RecBLR) -> None:
