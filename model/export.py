@@ -9,14 +9,19 @@ with any runtime):
                  outputs  hidden     float32 [batch, d]
                           new_state  float32 [batch, n_layers, 2, n]
                           scores     float32 [batch, v]              column 0 (padding) is -inf
+    state graph  the step graph without ``scores`` (ONNX Runtime computes every node of a
+                 graph whatever outputs are requested, and scoring 1M items costs milliseconds)
     score graph  input    hidden     float32 [batch, d]
                  output   scores     float32 [batch, v]              column 0 is -inf
 
 The batch axis is dynamic. With ``table_inputs=True`` the item table and score bias become graph
-inputs ``item_embedding`` ``[v, d]`` and ``item_bias`` ``[v]`` (``v`` dynamic) whose defaults are
-stored as initializers of the same name, so a runtime may feed a different catalogue or leave them
-out. The exporter is the TorchScript one (``dynamo=False``): the dynamo exporter needs
-``onnxscript``, which is not a dependency, and the classic one handles this small graph exactly.
+inputs ``item_embedding`` ``[v, d]`` and ``item_bias`` ``[v]`` (``v`` dynamic; the state graph
+only takes the table) whose defaults are stored as initializers of the same name, so a runtime
+may feed a different catalogue or leave them out. ONNX Runtime does not constant-fold such
+overridable inputs, which is why they are off by default.
+
+The exporter is the TorchScript one (``dynamo=False``): the dynamo exporter needs ``onnxscript``,
+which is not a dependency, and the classic one handles this small graph exactly.
 """
 
 import io
@@ -35,6 +40,7 @@ OPSET = 17
 STEP_INPUTS = ("items", "state")
 TABLE_INPUTS = ("item_embedding", "item_bias")
 STEP_OUTPUTS = ("hidden", "new_state", "scores")
+STATE_OUTPUTS = ("hidden", "new_state")
 SCORE_INPUTS = ("hidden",)
 SCORE_OUTPUTS = ("scores",)
 
@@ -58,15 +64,17 @@ class StepModule(nn.Module):
 
     Args:
         model: the LRURec to serve (its weights at construction time are folded in).
+        with_scores: also return the scores (the step graph); ``False`` gives the state graph.
     """
 
     padding: Tensor
 
-    def __init__(self, model: LRURec) -> None:
+    def __init__(self, model: LRURec, with_scores: bool = True) -> None:
         super().__init__()
         if not isinstance(model, LRURec):
             raise TypeError(f"ONNX export supports LRURec, got {type(model).__name__}")
         self.model = model
+        self.with_scores = with_scores
         self.layers = [fold_layer(block) for block in model.blocks]  # type: ignore[arg-type]
         self.register_buffer("padding", _padding_score(model))
 
@@ -76,11 +84,16 @@ class StepModule(nn.Module):
         state: State,
         item_embedding: Tensor | None = None,
         item_bias: Tensor | None = None,
-    ) -> tuple[Hidden, State, Scores]:
-        """``items [b]``, ``state [b, k, 2, n]`` → ``(hidden [b, d], new_state, scores [b, v])``."""
+    ) -> tuple[Tensor, ...]:
+        """``items [b]``, ``state [b, k, 2, n]`` → ``(hidden [b, d], new_state, scores [b, v])``.
+
+        Without ``with_scores`` only ``(hidden, new_state)``.
+        """
         table = self.model.embedding.weight if item_embedding is None else item_embedding
-        bias = self.model.item_bias if item_bias is None else item_bias
         hidden, new_state = folded_step(self.model, self.layers, items, state, table)
+        if not self.with_scores:
+            return hidden, new_state
+        bias = self.model.item_bias if item_bias is None else item_bias
         return hidden, new_state, masked_scores(hidden, table, bias, self.padding)
 
 
@@ -146,18 +159,20 @@ def export_onnx(
     graph: str = "step",
     table_inputs: bool = False,
 ) -> bytes:
-    """Export the step graph (``graph="step"``) or the score graph (``graph="score"``).
+    """Export one serving graph of ``model`` to ONNX.
 
     Args:
         model: an LRURec; exported in eval mode, its own mode is left as it was.
         path: where to write the ``.onnx`` file; ``None`` only returns the bytes.
-        graph: ``"step"`` (items, state → hidden, new_state, scores) or ``"score"``
-            (hidden → scores). Names and shapes are in the module docstring.
-        table_inputs: make ``item_embedding`` and ``item_bias`` overridable graph inputs.
+        graph: ``"step"`` (items, state → hidden, new_state, scores), ``"state"`` (the same
+            without scores) or ``"score"`` (hidden → scores); see the module docstring.
+        table_inputs: make ``item_embedding`` (and ``item_bias``) overridable graph inputs.
 
     Returns:
         The serialised ONNX model.
     """
+    if graph not in ("step", "state", "score"):
+        raise ValueError(f"graph must be 'step', 'state' or 'score', got {graph!r}")
     was_training = model.training
     try:
         data = _export_graph(model.eval(), graph, table_inputs)
@@ -170,29 +185,32 @@ def export_onnx(
 
 def _export_graph(model: LRURec, graph: str, table_inputs: bool) -> bytes:
     batch = {0: "batch"}
-    vocab_axes = {"scores": {0: "batch", 1: "vocab"}}
-    tables: tuple[Tensor, ...] = ()
-    table_names: tuple[str, ...] = ()
-    if table_inputs:
-        tables = (model.embedding.weight.detach(), model.item_bias.detach())
-        table_names = TABLE_INPUTS
-        vocab_axes |= {"item_embedding": {0: "vocab"}, "item_bias": {0: "vocab"}}
+    axes = dict.fromkeys(("items", "state", "hidden", "new_state"), batch)
+    axes |= {"scores": {0: "batch", 1: "vocab"}}
+    axes |= {"item_embedding": {0: "vocab"}, "item_bias": {0: "vocab"}}
+    table_names = TABLE_INPUTS[: 1 if graph == "state" else 2] if table_inputs else ()
+    tables = (model.embedding.weight.detach(), model.item_bias.detach())[: len(table_names)]
     module: nn.Module
     names: tuple[str, ...]
     outputs: tuple[str, ...]
-    if graph == "step":
-        args = (torch.ones(2, dtype=torch.long), model.init_state(2), *tables)
-        names, outputs, module = STEP_INPUTS, STEP_OUTPUTS, StepModule(model)
-        axes = {"items": batch, "state": batch, "hidden": batch, "new_state": batch}
-    elif graph == "score":
+    if graph == "score":
         args = (model.cold_start_hidden().detach().expand(2, -1).contiguous(), *tables)
         names, outputs, module = SCORE_INPUTS, SCORE_OUTPUTS, ScoreModule(model)
-        axes = {"hidden": batch}
     else:
-        raise ValueError(f"graph must be 'step' or 'score', got {graph!r}")
+        args = (torch.ones(2, dtype=torch.long), model.init_state(2), *tables)
+        names = STEP_INPUTS
+        outputs = STEP_OUTPUTS if graph == "step" else STATE_OUTPUTS
+        module = StepModule(model, with_scores=graph == "step")
+    used = set(names + table_names + outputs)
     # eval() also matters after the export: the exporter restores the wrapper's training flag,
     # which would otherwise switch the wrapped model to training mode.
-    data = _export(module.eval(), args, names + table_names, outputs, axes | vocab_axes)
+    data = _export(
+        module.eval(),
+        args,
+        names + table_names,
+        outputs,
+        {name: axis for name, axis in axes.items() if name in used},
+    )
     if table_inputs:
-        data = _add_default_inputs(data, dict(zip(TABLE_INPUTS, tables, strict=True)))
+        data = _add_default_inputs(data, dict(zip(table_names, tables, strict=True)))
     return data

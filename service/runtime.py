@@ -138,7 +138,14 @@ class TorchStepper:
 
 StepperFactory = Callable[[Artifact, str], Stepper]
 
-BACKENDS: dict[str, StepperFactory] = {"torch": TorchStepper}
+
+def _onnx_stepper(artifact: Artifact, device: str) -> Stepper:
+    from service.onnx_runtime import OnnxStepper  # imports this module, so imported lazily
+
+    return OnnxStepper(artifact, device)
+
+
+BACKENDS: dict[str, StepperFactory] = {"torch": TorchStepper, "onnx": _onnx_stepper}
 """Backend name (``LRUREC_BACKEND``) → factory. A new backend registers one line here."""
 
 

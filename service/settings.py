@@ -32,7 +32,11 @@ class Settings(BaseSettings):
         "loopback, started and stopped with the service.",
     )
     key_prefix: str = Field(default="lrurec", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    backend: str = Field(default="torch", description="Model runtime: `torch`.")
+    backend: str = Field(
+        default="torch",
+        description="Model runtime: `torch`, or `onnx` (onnxruntime, LRURec artifacts only; "
+        "its intra-op threads follow `torch_threads`).",
+    )
     device: Literal["cpu", "cuda"] = "cpu"
     torch_threads: int = Field(default=1, ge=1, le=256)
     user_ttl_seconds: int = Field(

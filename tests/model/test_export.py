@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import LRURec, LRURecConfig, SASRec, SASRecConfig
-from model.export import STEP_INPUTS, STEP_OUTPUTS, StepModule, export_onnx
+from model.export import STATE_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, StepModule, export_onnx
 from tests.model.conftest import left_padded_batch
 
 N_ITEMS = 3_416
@@ -99,6 +99,18 @@ def test_table_inputs_default_to_the_model_and_accept_another_catalogue(model: L
         expected = StepModule(model)(small_items, state, table, bias)[2].numpy()
     assert scores[0].shape == (N_STATES, 501)
     assert_same_recommendations(scores[0], expected)
+
+
+def test_state_graph_is_the_step_graph_without_scores(model: LRURec) -> None:
+    items, state = random_inputs(model)
+    feeds = {"items": items.numpy(), "state": state.numpy()}
+    step = session(export_onnx(model, graph="step")).run(None, feeds)
+    state_graph = session(export_onnx(model, graph="state"))
+    assert [o.name for o in state_graph.get_outputs()] == list(STATE_OUTPUTS)
+    for actual, expected in zip(state_graph.run(None, feeds), step[:2], strict=True):
+        np.testing.assert_array_equal(actual, expected)
+    with_table = session(export_onnx(model, graph="state", table_inputs=True))
+    assert [i.name for i in with_table.get_overridable_initializers()] == ["item_embedding"]
 
 
 def test_score_graph_matches_torch_scores(model: LRURec) -> None:
