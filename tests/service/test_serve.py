@@ -1,0 +1,130 @@
+"""``lrurec serve --workers 2`` as a real subprocess: shared embedded Redis, CAS across worker
+processes, metrics aggregated over both workers, nothing left running after shutdown."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.embedded_redis import free_port
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+N_EVENTS = 32
+
+
+@dataclass
+class Server:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    metrics_dir: Path
+
+
+def wait_ready(server: Server, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, "lrurec serve exited during start-up"
+        try:
+            if httpx.get(f"{server.base_url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"lrurec serve not ready within {timeout}s")
+
+
+@pytest.fixture
+def two_workers(tiny_artifact: Path, tmp_path: Path) -> Iterator[Server]:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale file of an earlier run")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LRUREC_")}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    environment["LRUREC_METRICS_DIR"] = str(metrics_dir)
+    port = free_port()
+    command = [
+        sys.executable, "-c", "from cli.main import app; app()", "serve",
+        "--workers", "2", "--port", str(port), "--artifact", str(tiny_artifact),
+        "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, env=environment)
+    server = Server(f"http://127.0.0.1:{port}", process, metrics_dir)
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def post_event(base_url: str, n: int) -> dict[str, object]:
+    """One event on a fresh connection, so the kernel spreads them over both workers."""
+    event = {"user_id": "shared", "item_id": f"item-{n % 50 + 1}", "event_id": f"e{n}"}
+    response = httpx.post(f"{base_url}/events", json=event, params={"k": 5}, timeout=30.0)
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def applied_total(base_url: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", timeout=10.0).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "lrurec_events_total" and sample.labels == {"outcome": "applied"}:
+                return sample.value
+    raise AssertionError("lrurec_events_total{outcome=applied} missing")
+
+
+def applied_per_worker(metrics_dir: Path) -> dict[str, float]:
+    """Each worker's own applied-event count, read from its multiprocess file."""
+    counts = {}
+    for path in sorted(metrics_dir.glob("counter_*.db")):
+        for metric in MultiProcessCollector.merge([str(path)], accumulate=False):
+            for sample in metric.samples:
+                if sample.name == "lrurec_events_total" and sample.labels == {"outcome": "applied"}:
+                    counts[path.stem.removeprefix("counter_")] = sample.value
+    return counts
+
+
+def redis_processes(root: int) -> list[psutil.Process]:
+    children = psutil.Process(root).children(recursive=True)
+    return [child for child in children if "redis-server" in child.name()]
+
+
+def test_two_workers_share_redis_and_aggregate_metrics(two_workers: Server) -> None:
+    assert not (two_workers.metrics_dir / "counter_999999.db").exists()  # emptied at start
+    embedded = redis_processes(two_workers.process.pid)
+    assert len(embedded) == 1  # started once, by the parent
+
+    with ThreadPoolExecutor(max_workers=N_EVENTS) as pool:
+        results = list(pool.map(lambda n: post_event(two_workers.base_url, n), range(N_EVENTS)))
+    assert all(result["applied"] for result in results)
+    assert sorted(int(str(r["events_applied"])) for r in results) == list(range(1, N_EVENTS + 1))
+
+    per_worker = applied_per_worker(two_workers.metrics_dir)
+    assert len(per_worker) == 2
+    assert all(count > 0 for count in per_worker.values()), per_worker  # both served events
+    assert sum(per_worker.values()) == N_EVENTS
+    for _ in range(6):  # whichever worker answers the scrape reports the total of both
+        assert applied_total(two_workers.base_url) == N_EVENTS
+
+    two_workers.process.send_signal(signal.SIGINT)
+    assert two_workers.process.wait(timeout=30) == 0
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in embedded)
