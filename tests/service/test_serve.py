@@ -96,7 +96,8 @@ def applied_per_worker(metrics_dir: Path) -> dict[str, float]:
     """Each worker's own applied-event count, read from its multiprocess file."""
     counts = {}
     for path in sorted(metrics_dir.glob("counter_*.db")):
-        for metric in MultiProcessCollector.merge([str(path)], accumulate=False):
+        merged = MultiProcessCollector.merge([str(path)], accumulate=False)  # type: ignore[no-untyped-call]
+        for metric in merged:
             for sample in metric.samples:
                 if sample.name == "lrurec_events_total" and sample.labels == {"outcome": "applied"}:
                     counts[path.stem.removeprefix("counter_")] = sample.value
