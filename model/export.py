@@ -9,6 +9,8 @@ with any runtime):
                  outputs  hidden     float32 [batch, d]
                           new_state  float32 [batch, n_layers, 2, n]
                           scores     float32 [batch, v]              column 0 (padding) is -inf
+    step graph with ``top_k=k``: also  top_scores float32 [batch, k], top_items int64 [batch, k]
+                 (the best k items, best first, by an in-graph TopK)
     state graph  the step graph without ``scores`` (ONNX Runtime computes every node of a
                  graph whatever outputs are requested, and scoring 1M items costs milliseconds)
     score graph  input    hidden     float32 [batch, d]
@@ -41,6 +43,7 @@ STEP_INPUTS = ("items", "state")
 TABLE_INPUTS = ("item_embedding", "item_bias")
 STEP_OUTPUTS = ("hidden", "new_state", "scores")
 STATE_OUTPUTS = ("hidden", "new_state")
+TOP_K_OUTPUTS = ("top_scores", "top_items")
 SCORE_INPUTS = ("hidden",)
 SCORE_OUTPUTS = ("scores",)
 
@@ -65,16 +68,18 @@ class StepModule(nn.Module):
     Args:
         model: the LRURec to serve (its weights at construction time are folded in).
         with_scores: also return the scores (the step graph); ``False`` gives the state graph.
+        top_k: with scores, also return the best ``top_k`` (scores, item indices), best first.
     """
 
     padding: Tensor
 
-    def __init__(self, model: LRURec, with_scores: bool = True) -> None:
+    def __init__(self, model: LRURec, with_scores: bool = True, top_k: int | None = None) -> None:
         super().__init__()
         if not isinstance(model, LRURec):
             raise TypeError(f"ONNX export supports LRURec, got {type(model).__name__}")
         self.model = model
         self.with_scores = with_scores
+        self.top_k = top_k
         self.layers = [fold_layer(block) for block in model.blocks]  # type: ignore[arg-type]
         self.register_buffer("padding", _padding_score(model))
 
@@ -87,14 +92,19 @@ class StepModule(nn.Module):
     ) -> tuple[Tensor, ...]:
         """``items [b]``, ``state [b, k, 2, n]`` → ``(hidden [b, d], new_state, scores [b, v])``.
 
-        Without ``with_scores`` only ``(hidden, new_state)``.
+        Without ``with_scores`` only ``(hidden, new_state)``; with ``top_k`` also
+        ``(top_scores [b, k], top_items [b, k])``.
         """
         table = self.model.embedding.weight if item_embedding is None else item_embedding
         hidden, new_state = folded_step(self.model, self.layers, items, state, table)
         if not self.with_scores:
             return hidden, new_state
         bias = self.model.item_bias if item_bias is None else item_bias
-        return hidden, new_state, masked_scores(hidden, table, bias, self.padding)
+        scores = masked_scores(hidden, table, bias, self.padding)
+        if self.top_k is None:
+            return hidden, new_state, scores
+        top_scores, top_items = torch.topk(scores, self.top_k, dim=1)
+        return hidden, new_state, scores, top_scores, top_items
 
 
 class ScoreModule(nn.Module):
@@ -158,6 +168,7 @@ def export_onnx(
     *,
     graph: str = "step",
     table_inputs: bool = False,
+    top_k: int | None = None,
 ) -> bytes:
     """Export one serving graph of ``model`` to ONNX.
 
@@ -167,15 +178,18 @@ def export_onnx(
         graph: ``"step"`` (items, state → hidden, new_state, scores), ``"state"`` (the same
             without scores) or ``"score"`` (hidden → scores); see the module docstring.
         table_inputs: make ``item_embedding`` (and ``item_bias``) overridable graph inputs.
+        top_k: step graph only: add the ``top_scores``/``top_items`` outputs for this k.
 
     Returns:
         The serialised ONNX model.
     """
     if graph not in ("step", "state", "score"):
         raise ValueError(f"graph must be 'step', 'state' or 'score', got {graph!r}")
+    if top_k is not None and not (graph == "step" and 1 <= top_k < model.config.vocab_size):
+        raise ValueError(f"top_k needs the step graph and 1 <= k <= n_items, got {top_k}")
     was_training = model.training
     try:
-        data = _export_graph(model.eval(), graph, table_inputs)
+        data = _export_graph(model.eval(), graph, table_inputs, top_k)
     finally:
         model.train(was_training)
     if path is not None:
@@ -183,9 +197,9 @@ def export_onnx(
     return data
 
 
-def _export_graph(model: LRURec, graph: str, table_inputs: bool) -> bytes:
+def _export_graph(model: LRURec, graph: str, table_inputs: bool, top_k: int | None) -> bytes:
     batch = {0: "batch"}
-    axes = dict.fromkeys(("items", "state", "hidden", "new_state"), batch)
+    axes = dict.fromkeys(("items", "state", "hidden", "new_state", *TOP_K_OUTPUTS), batch)
     axes |= {"scores": {0: "batch", 1: "vocab"}}
     axes |= {"item_embedding": {0: "vocab"}, "item_bias": {0: "vocab"}}
     table_names = TABLE_INPUTS[: 1 if graph == "state" else 2] if table_inputs else ()
@@ -200,7 +214,8 @@ def _export_graph(model: LRURec, graph: str, table_inputs: bool) -> bytes:
         args = (torch.ones(2, dtype=torch.long), model.init_state(2), *tables)
         names = STEP_INPUTS
         outputs = STEP_OUTPUTS if graph == "step" else STATE_OUTPUTS
-        module = StepModule(model, with_scores=graph == "step")
+        outputs += TOP_K_OUTPUTS if top_k is not None else ()
+        module = StepModule(model, with_scores=graph == "step", top_k=top_k)
     used = set(names + table_names + outputs)
     # eval() also matters after the export: the exporter restores the wrapper's training flag,
     # which would otherwise switch the wrapped model to training mode.

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from model import LRURec, LRURecConfig, SASRec, SASRecConfig
-from model.export import STATE_OUTPUTS, STEP_INPUTS, STEP_OUTPUTS, StepModule, export_onnx
+from model.export import (
+    STATE_OUTPUTS,
+    STEP_INPUTS,
+    STEP_OUTPUTS,
+    TOP_K_OUTPUTS,
+    StepModule,
+    export_onnx,
+)
 from tests.model.conftest import left_padded_batch
 
 N_ITEMS = 3_416
@@ -68,6 +75,20 @@ def test_onnxruntime_step_matches_torch_over_100_random_states(model: LRURec) ->
     np.testing.assert_allclose(hidden, expected[0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(new_state, expected[1], rtol=0, atol=1e-5)
     assert_same_recommendations(scores, expected[2])
+
+
+def test_in_graph_top_10_matches_torch_top_10(model: LRURec) -> None:
+    items, state = random_inputs(model)
+    graph = session(export_onnx(model, top_k=10))
+    assert [o.name for o in graph.get_outputs()] == [*STEP_OUTPUTS, *TOP_K_OUTPUTS]
+    outputs = graph.run(
+        ["top_scores", "top_items"], {"items": items.numpy(), "state": state.numpy()}
+    )
+    expected = torch.topk(torch.from_numpy(run_torch(model, items, state)[2]), 10, dim=1)
+    np.testing.assert_array_equal(outputs[1], expected.indices.numpy())
+    np.testing.assert_allclose(outputs[0], expected.values.numpy(), rtol=0, atol=SCORE_TOLERANCE)
+    with pytest.raises(ValueError, match="top_k"):
+        export_onnx(model, graph="state", top_k=10)
 
 
 def test_batch_axis_is_dynamic_and_rows_are_independent(model: LRURec, tmp_path: Path) -> None:
