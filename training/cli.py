@@ -1,0 +1,174 @@
+"""``lrurec train`` and ``lrurec evaluate``: parse options, call the pipeline, print results."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from training.config import ModelSpec, TrainConfig
+from training.data import (
+    DataError,
+    DataFormat,
+    Dataset,
+    filter_min_count,
+    load_dataset,
+    read_raw,
+)
+from training.pipeline import TrainJob, evaluate_artifact, train_artifact
+
+DataOption = Annotated[Path, typer.Option("--data", help="Input file.", show_default=False)]
+FormatOption = Annotated[
+    DataFormat,
+    typer.Option(
+        "--format",
+        help="sequences: 'user item1 item2 ...' per line; movielens: ratings.dat; "
+        "events: CSV or Parquet with user_id,item_id,timestamp.",
+    ),
+]
+MinCountOption = Annotated[
+    int | None,
+    typer.Option(
+        "--min-count",
+        help="Drop users/items with fewer events (k-core). Default: 5, or 1 (off) for sequences.",
+    ),
+]
+
+
+def _setup_logging(log_file: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers
+    )
+
+
+def _load(data: Path, data_format: DataFormat, min_count: int | None) -> Dataset:
+    default = 1 if data_format is DataFormat.sequences else 5
+    try:
+        return load_dataset(data, data_format, default if min_count is None else min_count)
+    except DataError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+
+
+def _echo_table(metrics: dict[str, Any]) -> None:
+    rows = [("model", metrics["test"]), ("popularity", metrics["baselines"]["popularity"])]
+    typer.echo(f"{'scorer':<11}{'protocol':<9}  ndcg@10 recall@10  ndcg@20 recall@20   mrr@10")
+    for name, by_protocol in rows:
+        for protocol, values in by_protocol.items():
+            numbers = " ".join(
+                f"{values[key]:8.4f}"
+                for key in ("ndcg@10", "recall@10", "ndcg@20", "recall@20", "mrr@10")
+            )
+            typer.echo(f"{name:<11}{protocol:<9} {numbers}")
+
+
+def train(
+    data: DataOption,
+    out: Annotated[
+        Path, typer.Option("--out", help="Artifact directory (also holds checkpoints).")
+    ],
+    data_format: FormatOption = DataFormat.sequences,
+    min_count: MinCountOption = None,
+    model: Annotated[
+        str, typer.Option(help="Registered model type: lrurec, recblr, sasrec.")
+    ] = "lrurec",
+    d_model: Annotated[int, typer.Option(help="Model width.")] = 64,
+    n_layers: Annotated[int, typer.Option(help="Number of blocks.")] = 2,
+    dropout: Annotated[float, typer.Option(help="Dropout (paper grid 0.2-0.8).")] = 0.2,
+    max_len: Annotated[int, typer.Option(help="Maximum input length (ML-1M: 200).")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Windows per batch at the mean length.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, eps 1e-9).")] = 1e-3,
+    schedule: Annotated[str, typer.Option(help="constant or cosine.")] = "constant",
+    schedule_by: Annotated[
+        str, typer.Option(help="Cosine horizon: steps (deterministic) or time (max-minutes).")
+    ] = "steps",
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (paper grid).")] = 0.01,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    max_epochs: Annotated[int, typer.Option(help="Stop after this many epochs.")] = 500,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Wall-clock budget, cumulative across resumes.")
+    ] = None,
+    eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 500,
+    patience: Annotated[int, typer.Option(help="Validations without improvement.")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train a model on an event log and write a serving artifact to --out.
+
+    Re-running the same command resumes from the last checkpoint in --out/checkpoints.
+    """
+    _setup_logging(out / "train.log")
+    try:
+        config = TrainConfig(
+            model=ModelSpec(
+                model_type=model,
+                d_model=d_model,
+                n_layers=n_layers,
+                dropout=dropout,
+                max_len=max_len,
+            ),
+            batch_size=batch_size,
+            lr=lr,
+            schedule=_literal(schedule, ("constant", "cosine"), "--schedule"),
+            schedule_by=_literal(schedule_by, ("steps", "time"), "--schedule-by"),
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            max_minutes=max_minutes,
+            eval_every=eval_every,
+            patience=patience,
+            seed=seed,
+            device=device,
+            threads=threads,
+        )
+    except ValidationError as error:
+        typer.secho(f"error: invalid option: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    dataset = _load(data, data_format, min_count)
+    job = TrainJob(dataset, config, out, f"{data_format.value}:{data}", show_progress=not quiet)
+    metrics = train_artifact(job)
+    typer.echo(f"artifact written to {out} ({metrics['steps']} steps)")
+    _echo_table(metrics)
+
+
+def _literal(value: str, allowed: tuple[str, ...], option: str) -> Any:
+    if value not in allowed:
+        typer.secho(f"error: {option} must be one of {allowed}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+    return value
+
+
+def evaluate(
+    artifact: Annotated[Path, typer.Option("--artifact", help="Artifact directory.")],
+    data: DataOption,
+    data_format: FormatOption = DataFormat.sequences,
+    min_count: MinCountOption = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    output: Annotated[
+        Path | None, typer.Option(help="Also write the metrics as JSON here.")
+    ] = None,
+) -> None:
+    """Re-score an artifact on leave-one-out test targets (paper and serving protocols)."""
+    _setup_logging()
+    default = 1 if data_format is DataFormat.sequences else 5
+    try:
+        raw = filter_min_count(
+            read_raw(data, data_format), default if min_count is None else min_count
+        )
+        metrics = evaluate_artifact(artifact, raw, device)
+    except (DataError, FileNotFoundError, ValueError) as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    _echo_table(metrics)
+    if output is not None:
+        output.write_text(json.dumps(metrics, indent=2) + "\n")

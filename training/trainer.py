@@ -1,0 +1,246 @@
+"""The fit loop: full-softmax next-item training with validation, early stopping and resume.
+
+Only the :class:`model.RecurrentRecommender` protocol is used, so any registered model trains.
+Logits are computed only at positions with a target (never at padding), which with
+length-bucketed batches removes nearly all wasted work from the 3,417-way output layer.
+"""
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from model import RecurrentRecommender
+from training import checkpoint
+from training.batching import Windows, bucket_batches, collate, make_windows
+from training.config import TrainConfig
+from training.data import Split
+from training.evaluate import Protocol, evaluate, last_position_scorer
+
+logger = logging.getLogger(__name__)
+
+SELECTION_METRIC = "recall@10"
+
+
+@dataclass
+class LoopState:
+    """Everything the loop needs to resume exactly where it stopped (saved as JSON)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    seconds: float = 0.0
+    best_metric: float = -1.0
+    best_step: int = 0
+    stale_validations: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    steps: int
+    seconds: float
+    best_step: int
+    best_metric: float
+    stopped_early: bool
+    history: list[dict[str, float]]
+
+
+def build_optimizer(model: RecurrentRecommender, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; biases and LayerNorms are not decayed, everything else is (official groups, A4)."""
+    decayed: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        no_decay = "bias" in name or "norm" in name or name.endswith(("b_re", "b_im", "c_re"))
+        (plain if no_decay else decayed).append(parameter)
+    groups = [
+        {"params": decayed, "weight_decay": config.weight_decay},
+        {"params": plain, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
+
+
+def learning_rate(config: TrainConfig, step: int, seconds: float) -> float:
+    """Linear warm-up, then constant or cosine decay over the step or time budget."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule_by == "time" and config.max_minutes:
+        progress = seconds / (config.max_minutes * 60)
+    elif config.max_steps:
+        progress = (step - config.warmup_steps) / max(config.max_steps - config.warmup_steps, 1)
+    else:
+        raise ValueError("a cosine schedule needs max_steps (or max_minutes with schedule_by=time)")
+    cosine = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def next_item_loss(model: RecurrentRecommender, inputs: Tensor, labels: Tensor) -> Tensor:
+    """Token-mean cross-entropy over all items at every labelled position.
+
+    Args:
+        inputs, labels: ``LongTensor[b, L]``, left-padded; label 0 means "no target".
+    """
+    hidden = model(inputs)  # [b, L, d]
+    targets = labels > 0
+    logits = model.score(hidden[targets])  # [N, v]: only where there is a target
+    return F.cross_entropy(logits, labels[targets])
+
+
+class Trainer:
+    """Runs :func:`fit`'s loop; kept as a class so the pieces stay small."""
+
+    def __init__(
+        self,
+        model: RecurrentRecommender,
+        split: Split,
+        config: TrainConfig,
+        checkpoint_dir: Path,
+        on_validation: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        self.model, self.split, self.config = model, split, config
+        self.checkpoint_dir = checkpoint_dir
+        self.on_validation = on_validation
+        self.max_len = model.config.max_len
+        self.windows: Windows = make_windows(split.train, self.max_len)
+        self.lengths = self.windows.lengths
+        self.optimizer = build_optimizer(model, config)
+        self.state = LoopState()
+        self.started = time.monotonic()
+        self.seconds_at_start = 0.0
+
+    def elapsed(self) -> float:
+        return self.seconds_at_start + time.monotonic() - self.started
+
+    def resume(self) -> bool:
+        last = checkpoint.find_last(self.checkpoint_dir)
+        if last is None:
+            return False
+        loop = checkpoint.load_last(last, self.model, self.optimizer)
+        self.state = LoopState(**loop)
+        self.seconds_at_start = self.state.seconds
+        self.started = time.monotonic()
+        logger.info("resumed from %s at step %d", last, self.state.step)
+        return True
+
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        metrics = evaluate(
+            last_position_scorer(self.model),
+            self.split.train,
+            self.split.valid,
+            self.max_len,
+            Protocol.paper,
+            self.config.device,
+        )
+        self.model.train()
+        return metrics
+
+    def record_validation(self) -> None:
+        metrics = self.validate()
+        state = self.state
+        point = {"step": float(state.step), "seconds": self.elapsed(), **metrics}
+        state.history.append(point)
+        if metrics[SELECTION_METRIC] > state.best_metric:
+            state.best_metric, state.best_step = metrics[SELECTION_METRIC], state.step
+            state.stale_validations = 0
+            checkpoint.save_best(self.checkpoint_dir, self.model)
+        elif state.step > 0:
+            state.stale_validations += 1
+            state.stopped_early = state.stale_validations >= self.config.patience
+        if self.on_validation:
+            self.on_validation(point)
+
+    def save(self) -> None:
+        self.state.seconds = self.elapsed()
+        loop: dict[str, Any] = dict(vars(self.state))
+        checkpoint.save_last(self.checkpoint_dir, self.model, self.optimizer, loop)
+
+    def budget_left(self) -> bool:
+        config, state = self.config, self.state
+        if state.stopped_early or state.epoch >= config.max_epochs:
+            return False
+        if config.max_steps is not None and state.step >= config.max_steps:
+            return False
+        return config.max_minutes is None or self.elapsed() < config.max_minutes * 60
+
+    def train_step(self, batch: np.ndarray) -> float:
+        inputs, labels = collate(self.windows, batch)
+        device = self.config.device
+        lr = learning_rate(self.config, self.state.step, self.elapsed())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = next_item_loss(self.model, inputs.to(device), labels.to(device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        nn.utils.clip_grad_norm_(list(self.model.parameters()), self.config.clip_norm)
+        self.optimizer.step()
+        self.state.step += 1
+        return float(loss.item())
+
+    def run_epoch(self, progress: tqdm) -> None:
+        state, config = self.state, self.config
+        batches = bucket_batches(self.lengths, config.batch_size, config.seed + state.epoch)
+        for index in range(state.batch_in_epoch, len(batches)):
+            loss = self.train_step(batches[index])
+            state.batch_in_epoch = index + 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.3f}", epoch=state.epoch, **self.last_metrics())
+            if state.step % config.eval_every == 0:
+                self.record_validation()
+                self.save()
+            if not self.budget_left():
+                return
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+    def last_metrics(self) -> dict[str, str]:
+        if not self.state.history:
+            return {}
+        last = self.state.history[-1]
+        return {"val_r10": f"{last['recall@10']:.4f}", "val_n10": f"{last['ndcg@10']:.4f}"}
+
+    def fit(self, show_progress: bool = True) -> FitResult:
+        """Train until a budget runs out or validation stops improving; load the best weights."""
+        self.model.train()
+        if not self.state.history:
+            self.record_validation()  # step 0, as the official code does
+        steps_per_epoch = len(bucket_batches(self.lengths, self.config.batch_size, 0))
+        total = self.config.max_steps or steps_per_epoch * self.config.max_epochs
+        # Redirected to a log file, a bar refreshed every 0.1 s would flood it.
+        interval = 0.1 if sys.stderr.isatty() else 60.0
+        bar = tqdm(
+            total=total, initial=self.state.step, disable=not show_progress, mininterval=interval
+        )
+        with bar as progress:
+            while self.budget_left():
+                self.run_epoch(progress)
+        if not self.state.history or self.state.history[-1]["step"] != self.state.step:
+            self.record_validation()
+        self.save()
+        checkpoint.load_best(self.checkpoint_dir, self.model)
+        cast(nn.Module, self.model).to(self.config.device)
+        self.model.eval()
+        state = self.state
+        return FitResult(
+            state.step,
+            state.seconds,
+            state.best_step,
+            state.best_metric,
+            state.stopped_early,
+            state.history,
+        )
