@@ -5,6 +5,9 @@ with complex biases (the B bias also scaled by γ), dropout on the LRU output, p
 and a single-GELU feed-forward.
 """
 
+from collections.abc import Callable
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -12,6 +15,8 @@ from torch import Tensor, nn
 from model.config import LRURecConfig
 from model.init import ring_init
 from model.scan import loop_scan, lru_step, parallel_scan
+
+ScanFunction = Callable[[Tensor, Tensor], Tensor]
 
 
 class LRULayer(nn.Module):
@@ -34,6 +39,17 @@ class LRULayer(nn.Module):
         self.c_re = nn.Parameter(torch.empty(d))
         self.dropout = nn.Dropout(config.lru_dropout)
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.scan: Literal["auto", "parallel", "loop"] = "auto"
+
+    def scan_function(self, device: torch.device) -> ScanFunction:
+        """The training scan: ``self.scan`` if set, else the loop on CPU and log-depth elsewhere.
+
+        On this project's 2-core CPU the fused loop beats the log-depth scan at every measured
+        length (benchmarks/RESULTS.md, issue 2); on a GPU the log-depth scan is the right choice.
+        """
+        if self.scan == "parallel" or (self.scan == "auto" and device.type != "cpu"):
+            return parallel_scan
+        return loop_scan
 
     def decay(self) -> tuple[Tensor, Tensor]:
         """λ = exp(-ν + iθ) as (re, im), each ``[n]``."""
@@ -66,9 +82,7 @@ class LRULayer(nn.Module):
         decay_re, decay_im = self.decay()
         u_re, u_im = self.scan_inputs(x)
         gates = torch.complex(decay_re, decay_im) * carry.unsqueeze(-1)  # [b, t, n]
-        # The loop scan is ~9x faster on CPU (model/scan.py: loop_scan); log-depth elsewhere.
-        scan = loop_scan if x.device.type == "cpu" else parallel_scan
-        h = scan(gates, torch.complex(u_re, u_im))
+        h = self.scan_function(x.device)(gates, torch.complex(u_re, u_im))
         return self.readout(h.real, h.imag, x), h
 
     def step(self, x: Tensor, h_re: Tensor, h_im: Tensor) -> tuple[Tensor, Tensor, Tensor]:

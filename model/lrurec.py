@@ -9,6 +9,8 @@ production): ``state[:, k, 0]`` is Re h and ``state[:, k, 1]`` is Im h of layer 
 starts from zeros (:meth:`init_state`).
 """
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
@@ -40,6 +42,11 @@ class LRURec(nn.Module):
             for name, parameter in self.named_parameters():
                 if is_truncated_normal_target(name):
                     truncated_normal_(parameter)
+
+    def use_scan(self, kind: Literal["auto", "parallel", "loop"]) -> None:
+        """Pick the training scan for every layer (``auto``: loop on CPU, log-depth elsewhere)."""
+        for block in self.blocks:
+            block.lru.scan = kind
 
     @property
     def state_shape(self) -> tuple[int, ...]:

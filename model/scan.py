@@ -1,8 +1,11 @@
 """The linear recurrence h_t = a_t ⊙ h_{t-1} + x_t in its three forms.
 
 * :func:`sequential_scan` is the readable reference: a plain loop over time.
-* :func:`parallel_scan` computes the same thing in ⌈log2 t⌉ steps (recursive doubling over the
-  associative operator (a₁, x₁) ∘ (a₂, x₂) = (a₁a₂, a₂x₁ + x₂)); it is what training uses.
+* :func:`parallel_scan` computes the same thing in 2·⌈log2 t⌉ vectorised steps (odd-even
+  reduction over the associative operator (a₁, x₁) ∘ (a₂, x₂) = (a₁a₂, a₂x₁ + x₂)); training
+  uses it on accelerators.
+* :func:`loop_scan` is the sequential loop with a hand-written backward; on a CPU it is the
+  fastest training scan (benchmarks/RESULTS.md), so LRURec trains with it there.
 * :func:`lru_step` is the O(1) serving update for one event, in real arithmetic so that it exports
   to ONNX (which has no complex type).
 
@@ -34,12 +37,13 @@ def sequential_scan(gates: Tensor, inputs: Tensor, initial: Tensor | None = None
 
 
 def parallel_scan(gates: Tensor, inputs: Tensor, initial: Tensor | None = None) -> Tensor:
-    """Log-depth inclusive scan of h_t = gates_t ⊙ h_{t-1} + inputs_t (recursive doubling).
+    """Log-depth, work-efficient scan of h_t = gates_t ⊙ h_{t-1} + inputs_t (odd-even reduction).
 
-    After the step with offset s, position t holds the composition of the 2s-long window ending
-    at t: ``acc_gate`` the product of its gates, ``acc`` its state from a zero start. Any length
-    works; positions before the start behave like the identity element (gate 1, input 0), which is
-    the same as padding to a power of two, without allocating the padding.
+    Pairs of neighbours are combined with the associative operator (a₁, x₁) ∘ (a₂, x₂) =
+    (a₁a₂, a₂x₁ + x₂), the half-length problem is solved recursively, and the even positions are
+    filled in from their odd neighbours: 2·log2(t) levels and O(t) work in total (recursive
+    doubling needs O(t log t)). The length is left-padded to a power of two with gate 0 and input
+    0, which leaves h = 0 before the first real position.
 
     Args / Returns: as :func:`sequential_scan`.
     """
@@ -48,19 +52,25 @@ def parallel_scan(gates: Tensor, inputs: Tensor, initial: Tensor | None = None) 
         # Fold h_{-1} into the first input: h_0 = a_0 h_{-1} + x_0.
         first = inputs[:, :1] + gates[:, :1] * initial.unsqueeze(1)
         inputs = torch.cat([first, inputs[:, 1:]], dim=1)
-    acc, acc_gate = inputs, gates
     length = inputs.shape[1]
-    offset = 1
-    while offset < length:
-        # Combine each window with the one just before it: (a', x') ∘ (a, x) = (a' a, a x' + x).
-        carried = acc_gate[:, offset:] * acc[:, :-offset]
-        acc = torch.cat([acc[:, :offset], acc[:, offset:] + carried], dim=1)
-        if offset * 2 < length:  # the last level never reads the gate product
-            acc_gate = torch.cat(
-                [acc_gate[:, :offset], acc_gate[:, offset:] * acc_gate[:, :-offset]], dim=1
-            )
-        offset *= 2
-    return acc
+    padded = 1 << max(0, (length - 1).bit_length())
+    if padded != length:
+        pad_shape = (inputs.shape[0], padded - length, *inputs.shape[2:])
+        inputs = torch.cat([inputs.new_zeros(pad_shape), inputs], dim=1)
+        gates = torch.cat([gates.new_zeros(pad_shape), gates], dim=1)
+    return _odd_even_scan(gates, inputs)[:, padded - length :]
+
+
+def _odd_even_scan(gates: Tensor, inputs: Tensor) -> Tensor:
+    """:func:`parallel_scan` for a power-of-two length ``t`` and a zero initial state."""
+    if inputs.shape[1] == 1:
+        return inputs
+    gate_even, gate_odd = gates[:, 0::2], gates[:, 1::2]  # [b, t/2, n] each
+    # Positions 2i and 2i+1 combined: h_{2i+1} = a_{2i+1} a_{2i} h_{2i-1} + (a_{2i+1} x_{2i} + x_{2i+1}).
+    h_odd = _odd_even_scan(gate_odd * gate_even, gate_odd * inputs[:, 0::2] + inputs[:, 1::2])
+    h_before_even = torch.cat([torch.zeros_like(h_odd[:, :1]), h_odd[:, :-1]], dim=1)
+    h_even = gate_even * h_before_even + inputs[:, 0::2]
+    return torch.stack([h_even, h_odd], dim=2).flatten(1, 2)  # interleave → [b, t, n]
 
 
 def lru_step(

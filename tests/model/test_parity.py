@@ -1,5 +1,7 @@
 """The three forms of the LRURec recurrence agree: sequential scan, parallel scan, serving step."""
 
+from typing import Literal
+
 import pytest
 import torch
 
@@ -24,10 +26,14 @@ def stepped_outputs(model: LRURec, items: torch.Tensor) -> list[torch.Tensor]:
     return outputs
 
 
+@pytest.mark.parametrize("scan", ["parallel", "loop"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_parallel_forward_equals_step_by_step_at_every_real_position(dtype: torch.dtype) -> None:
+def test_parallel_forward_equals_step_by_step_at_every_real_position(
+    dtype: torch.dtype, scan: Literal["parallel", "loop"]
+) -> None:
     torch.manual_seed(1)
     model = LRURec(LRURecConfig(n_items=40, d_model=8, n_layers=2)).to(dtype).eval()
+    model.use_scan(scan)
     items = left_padded_batch(MIXED_LENGTHS, n_items=40)
     with torch.no_grad():
         parallel = model(items)
