@@ -57,23 +57,27 @@ def chunked_top_k(
         raise ValueError(f"k and chunk_size must be >= 1, got {k}, {chunk_size}")
     if exclude is not None and len(exclude) != hidden.shape[0]:
         raise ValueError(f"exclude has {len(exclude)} rows for a batch of {hidden.shape[0]}")
-    batch, vocab = hidden.shape[0], table.shape[0]
+    vocab = table.shape[0]
     width = min(k, vocab - 1)
-    best_values = hidden.new_full((batch, width), -torch.inf)
-    best_indices = torch.zeros(batch, width, dtype=torch.long, device=hidden.device)
     rows, columns = _exclusion_index(exclude, hidden.device) if exclude else (None, None)
-    for start in range(1, vocab, chunk_size):  # from 1: column 0 is padding
-        stop = min(start + chunk_size, vocab)
-        scores = F.linear(hidden, table[start:stop], None if bias is None else bias[start:stop])
+    if vocab <= chunk_size:  # one pass: fewest tensor ops, which is what batch 1 pays for
+        scores = F.linear(hidden, table, bias)  # [b, v]
+        scores[:, 0] = -torch.inf
         if rows is not None and columns is not None:
-            inside = (columns >= start) & (columns < stop)
-            scores[rows[inside], columns[inside] - start] = -torch.inf
-        values, indices = torch.topk(scores, min(width, stop - start), dim=1)  # [b, ≤ width]
-        if start == 1 and values.shape[1] == width:  # a full first chunk needs no merge
-            best_values, best_indices = values, indices + start
-            continue
+            scores[rows, columns] = -torch.inf
+        values, indices = torch.topk(scores, width, dim=1)
+        return values, indices
+    best_values = hidden.new_full((hidden.shape[0], width), -torch.inf)
+    best_indices = torch.zeros(hidden.shape[0], width, dtype=torch.long, device=hidden.device)
+    for begin in range(1, vocab, chunk_size):  # from 1: column 0 is padding
+        end = min(begin + chunk_size, vocab)
+        scores = F.linear(hidden, table[begin:end], None if bias is None else bias[begin:end])
+        if rows is not None and columns is not None:
+            inside = (columns >= begin) & (columns < end)
+            scores[rows[inside], columns[inside] - begin] = -torch.inf
+        values, indices = torch.topk(scores, min(width, end - begin), dim=1)  # [b, ≤ width]
         merged_values = torch.cat([best_values, values], dim=1)
-        merged_indices = torch.cat([best_indices, indices + start], dim=1)
+        merged_indices = torch.cat([best_indices, indices + begin], dim=1)
         best_values, order = torch.topk(merged_values, width, dim=1)
         best_indices = merged_indices.gather(1, order)
     return best_values, best_indices
