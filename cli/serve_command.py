@@ -19,6 +19,7 @@ from service.settings import get_settings
 from service.telemetry import prepare_multiprocess_dir
 
 APP_FACTORY = "service.main:create_app"
+WORKER_HEALTHCHECK_SECONDS = 60
 
 
 def _demo_artifact() -> Path:
@@ -75,4 +76,8 @@ def serve(
         uvicorn.run(
             APP_FACTORY, factory=True, host=host, port=port, workers=workers,
             log_level=log_level, access_log=access_log,
+            # A spawned worker answers the supervisor's ping only after importing torch and the
+            # app; on a busy 2-core machine that measured ~10 s, beyond uvicorn's 5 s default,
+            # and the supervisor killed and respawned workers forever.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         )  # fmt: skip
