@@ -33,8 +33,7 @@ FROM ${PYTHON_IMAGE} AS runtime-base
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    LRUREC_DEVICE=cpu \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/lrurec-metrics
+    LRUREC_DEVICE=cpu
 # /artifacts exists and belongs to the service user so that a fresh named volume mounted there
 # (docker compose `artifacts`) inherits that owner and the non-root trainer can write into it.
 RUN groupadd --system --gid 10001 lrurec \

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +33,36 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    """Poll ``check`` until true; on timeout fail with the process log's tail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if check():
-                return
-        time.sleep(0.2)
-    tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log.exists() else ""
-    raise TimeoutError(f"{what} not reached within {timeout}s; log tail:\n{tail}")
+@dataclass
+class Running:
+    """A started process and the file its output goes to."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll ``check`` until true; fail early if the process exits, showing its log's tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if check():
+                    return
+            time.sleep(0.2)
+        tail = self.log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        code = self.process.poll()
+        state = "still running" if code is None else f"exited with {code}"
+        raise TimeoutError(f"{what} not reached within {timeout}s ({state}); log tail:\n{tail}")
 
 
 @contextlib.contextmanager
-def running(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
+def running(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[Running]:
     """Run ``command`` in its own process group for the duration of the block."""
     with log.open("wb") as output:
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
-        yield
+        yield Running(process, log)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -129,6 +139,8 @@ class Load:
         self._record(self.client.get(f"/users/{user}"))
         self._record(self.client.delete(f"/users/batch-{n}"))
         self._record(self.client.post("/events", json={"user_id": "", "item_id": item}))  # 422
+        with self._lock:
+            self.outcomes["rejected"] += 1  # the service counts a malformed event as rejected
         self._record(self.client.get("/recommendations/x", params={"k": 0}))  # 422
 
     def run(self, seconds: float) -> None:

@@ -17,14 +17,7 @@ import torch
 
 from model import LRURec, LRURecConfig, save_artifact
 from service.embedded_redis import EmbeddedRedis
-from tests.deploy.live import (
-    SCRAPE_SECONDS,
-    Load,
-    free_port,
-    prometheus_config,
-    running,
-    wait_until,
-)
+from tests.deploy.live import SCRAPE_SECONDS, Load, free_port, prometheus_config, running
 from tests.deploy.promql import alert_rules, load_dashboard, queries, substitute, variable_values
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -85,7 +78,8 @@ def stack(tool: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory)
     tmp = tmp_path_factory.mktemp("live")
     artifact = build_artifact(tmp / "artifact")
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRUREC_")}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp / "multiproc")
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # `lrurec serve` sets it for its workers
+    env["LRUREC_METRICS_DIR"] = str(tmp / "multiproc")
     port, prometheus_port = free_port(), free_port()
     serve = [
         str(lrurec_bin), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
@@ -96,23 +90,22 @@ def stack(tool: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory)
         f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prometheus_port}",
         "--log.level=warn",
     ]  # fmt: skip
-    service_log, prometheus_log = tmp / "service.log", tmp / "prometheus.log"
     with (
         EmbeddedRedis() as redis,
-        running([*serve, "--redis-url", redis.url], service_log, env),
+        running([*serve, "--redis-url", redis.url], tmp / "service.log", env) as server,
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as service,
-        running(prometheus, prometheus_log),
+        running(prometheus, tmp / "prometheus.log") as scraper,
         httpx.Client(base_url=f"http://127.0.0.1:{prometheus_port}", timeout=10) as api,
     ):
-        ready = lambda: service.get("/readyz").status_code == 200  # noqa: E731
-        wait_until(ready, 180, "service /readyz == 200", service_log)
-        wait_until(lambda: scraped_after(api, 0), 30, "first scrape", prometheus_log)
+        # Generous: two workers import torch on a machine that may be busy with training.
+        server.wait_until(lambda: service.get("/readyz").status_code == 200, 240, "/readyz 200")
+        scraper.wait_until(lambda: scraped_after(api, 0), 60, "a first scrape of the service")
         load = Load(service, ITEMS)
         start = time.time()
         load.run(LOAD_SECONDS)
         end = time.time()
         # The last scrape (and rule evaluation) must see the whole load.
-        wait_until(lambda: scraped_after(api, end), 10, "a scrape after the load", prometheus_log)
+        scraper.wait_until(lambda: scraped_after(api, end), 15, "a scrape after the load")
         time.sleep(SCRAPE_SECONDS)
         yield Stack(api, f"127.0.0.1:{port}", load, start, end)
 
@@ -148,7 +141,7 @@ def test_counters_aggregate_both_workers_exactly(stack: Stack) -> None:
     # Two uvicorn workers served the load; /metrics must add up every worker's files.
     outcomes = stack.query("sum by (outcome) (lrurec_events_total)")
     counted = {s["metric"]["outcome"]: round(float(s["value"][1])) for s in outcomes}
-    for outcome in ("applied", "duplicate", "unknown_item"):
+    for outcome in ("applied", "duplicate", "unknown_item", "rejected"):
         assert stack.load.outcomes[outcome] > 0, outcome
         assert counted[outcome] == stack.load.outcomes[outcome], outcome
     (requests,) = stack.query(f"sum(lrurec_http_request_duration_seconds_count{{{OWN_ROUTES}}})")
@@ -178,3 +171,9 @@ def test_alert_rules_evaluate_cleanly_and_stay_quiet(stack: Stack) -> None:
         assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
     for quiet in ("LRURecDown", "LRURecNotReady", "LRURecHighErrorRate", "LRURecRedisUnavailable"):
         assert rules[quiet]["state"] == "inactive", quiet
+
+
+def test_returning_data_is_a_real_check(stack: Stack) -> None:
+    # The same query shapes over a metric the service does not export come back empty.
+    assert stack.query_range(f"sum(rate(lrurec_no_such_metric_total[{RATE_INTERVAL}]))") == []
+    assert stack.query("max(lrurec_no_such_gauge)") == []
