@@ -41,6 +41,7 @@ class Engine:
     ) -> None:
         self.store = store
         self.stepper = stepper
+        self.settings = settings
         self.model_version = artifact.version
         self.model_type = str(artifact.config.get("model_type", "unknown"))
         self.item_ids = artifact.item_ids

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
 
-from service.deps import EngineDep, SettingsDep, WriteAccess
+from service.deps import EngineDep, WriteAccess
 from service.errors import (
     REDIS_DOWN_MESSAGE,
     ContentionError,
@@ -39,24 +39,27 @@ ExcludeSeen = Annotated[bool, Query(description="Leave out the user's recent ite
     "/events", response_model_exclude_none=True, dependencies=[WriteAccess], tags=["events"]
 )
 async def post_event(
-    event: Event, engine: EngineDep, settings: SettingsDep, k: EventK = None,
+    event: Event, engine: EngineDep, k: EventK = None,
     exclude_seen: ExcludeSeen = True,
 ) -> EventResult:  # fmt: skip
     """Apply one event (one model step) and return the user's fresh top-k."""
-    return await engine.apply_event(event, settings.default_k if k is None else k, exclude_seen)
+    return await engine.apply_event(
+        event, engine.settings.default_k if k is None else k, exclude_seen
+    )
 
 
 @router.post(
     "/events/batch", response_model_exclude_none=True, dependencies=[WriteAccess], tags=["events"]
 )
 async def post_events_batch(
-    batch: EventBatch, engine: EngineDep, settings: SettingsDep,
+    batch: EventBatch, engine: EngineDep,
     k: Annotated[int, Query(ge=0, le=MAX_K, description="Top-k per event; 0 = none.")] = 0,
     exclude_seen: ExcludeSeen = True,
 ) -> BatchResult:  # fmt: skip
     """Apply up to 1,000 events, in order per user; one result per event."""
-    if len(batch.events) > settings.max_batch_size:
-        raise InvalidInputError(f"body.events: at most {settings.max_batch_size} events per batch")
+    limit = engine.settings.max_batch_size
+    if len(batch.events) > limit:
+        raise InvalidInputError(f"body.events: at most {limit} events per batch")
     results, failure = await engine.apply_batch(batch.events, k, exclude_seen)
     if failure is not None:
         failed = sum(result.reason == failure for result in results)
@@ -70,12 +73,14 @@ async def post_events_batch(
 
 @router.get("/recommendations/{user_id}", tags=["recommendations"])
 async def get_recommendations(
-    user_id: UserId, engine: EngineDep, settings: SettingsDep,
+    user_id: UserId, engine: EngineDep,
     k: Annotated[int | None, Query(ge=1, le=MAX_K, description="Items to return.")] = None,
     exclude_seen: ExcludeSeen = True,
 ) -> Recommendations:  # fmt: skip
     """Top-k items for a user from the stored state (cold start for a new user)."""
-    return await engine.recommend(user_id, settings.default_k if k is None else k, exclude_seen)
+    return await engine.recommend(
+        user_id, engine.settings.default_k if k is None else k, exclude_seen
+    )
 
 
 @router.get("/users/{user_id}", dependencies=[WriteAccess], tags=["users"])

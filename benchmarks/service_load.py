@@ -1,0 +1,224 @@
+"""Load test of ``POST /events`` (one model step + top-k) against a real ``lrurec serve``.
+
+Starts one uvicorn worker (embedded Redis) on loopback in a subprocess, serving an artifact at
+ML-1M catalogue size, pre-fills user histories through ``/events/batch``, then drives
+``POST /events?k=<k>`` from this separate process with ``--concurrency`` keep-alive connections
+for ``--duration`` seconds and prints events/s and latency percentiles.
+
+Two clients: ``raw`` (a minimal HTTP/1.1 keep-alive client on asyncio streams, so the load
+generator takes little of the CPU the server needs on a small machine) and ``httpx``.
+
+    python -m benchmarks.service_load --duration 20 --concurrency 16 --client raw
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import orjson
+import psutil
+import torch
+
+from model import LRURec, LRURecConfig, save_artifact
+from service.embedded_redis import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+ML1M = REPO.parent / "shared" / "data" / "ml-1m"
+OUT = REPO / "benchmarks" / "out"
+N_ITEMS = 3416
+
+Send = Callable[[bytes], Awaitable[float]]
+
+
+def catalogue() -> list[str]:
+    """ML-1M's external movie ids in index order when the data is present, else 1..3416."""
+    item_map = ML1M / "item_map.tsv"
+    if not item_map.is_file():
+        return [str(index) for index in range(1, N_ITEMS + 1)]
+    rows = [row.split("\t") for row in item_map.read_text().splitlines()[1:]]
+    return [raw for raw, _ in sorted(rows, key=lambda row: int(row[1]))]
+
+
+def build_artifact(directory: Path, item_ids: list[str]) -> Path:
+    """Random weights at production size (timing does not depend on the weights)."""
+    if not (directory / "config.json").is_file():
+        torch.manual_seed(0)
+        model = LRURec(LRURecConfig(n_items=len(item_ids), d_model=64, n_layers=2, max_len=200))
+        popularity = torch.ones(len(item_ids) + 1)
+        save_artifact(directory, model.eval(), item_ids, popularity, {"source": "benchmark"})
+    return directory
+
+
+def start_server(artifact: Path, port: int) -> subprocess.Popen[bytes]:
+    command = [
+        sys.executable, "-c", "from cli.main import app; app()", "serve", "--port", str(port),
+        "--artifact", str(artifact), "--workers", "1", "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=REPO)
+
+
+def wait_ready(base_url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server at {base_url} not ready after {timeout}s")
+
+
+def prefill(base_url: str, item_ids: list[str], users: int, events_per_user: int) -> None:
+    """Give every user a history (``k=0`` batches), so masking and state reads are realistic."""
+    rng = random.Random(1)
+    events = [
+        {"user_id": f"user-{user}", "item_id": rng.choice(item_ids)}
+        for _ in range(events_per_user)
+        for user in range(users)
+    ]
+    with httpx.Client(base_url=base_url, timeout=60.0) as client:
+        for start in range(0, len(events), 1000):
+            response = client.post("/events/batch", json={"events": events[start : start + 1000]})
+            response.raise_for_status()
+
+
+async def raw_connection(host: str, port: int, path: str) -> Send:
+    """A keep-alive HTTP/1.1 connection; ``send(body)`` returns the request latency."""
+    reader, writer = await asyncio.open_connection(host, port)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+
+    async def send(body: bytes) -> float:
+        start = time.perf_counter()
+        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status_line = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        if b" 200 " not in status_line:
+            raise RuntimeError(f"unexpected response {status_line!r}")
+        return time.perf_counter() - start
+
+    return send
+
+
+async def httpx_connection(base_url: str, path: str) -> Send:
+    client = httpx.AsyncClient(
+        base_url=base_url, timeout=30.0, limits=httpx.Limits(max_connections=1)
+    )
+
+    async def send(body: bytes) -> float:
+        start = time.perf_counter()
+        response = await client.post(
+            path, content=body, headers={"Content-Type": "application/json"}
+        )
+        response.raise_for_status()
+        return time.perf_counter() - start
+
+    return send
+
+
+async def drive(
+    args: argparse.Namespace, port: int, item_ids: list[str]
+) -> tuple[list[float], float]:
+    """Latencies of every request completed inside the measured window, and its length."""
+    path = f"/events?k={args.k}"
+    base_url = f"http://127.0.0.1:{port}"
+
+    async def connect() -> Send:
+        if args.client == "raw":
+            return await raw_connection("127.0.0.1", port, path)
+        return await httpx_connection(base_url, path)
+
+    senders = [await connect() for _ in range(args.concurrency)]
+    latencies: list[float] = []
+    start = time.perf_counter()
+    measure_from, stop_at = start + args.warmup, start + args.warmup + args.duration
+
+    async def loop(send: Send, seed: int) -> None:
+        rng = random.Random(seed)
+        while (now := time.perf_counter()) < stop_at:
+            body = orjson.dumps(
+                {"user_id": f"user-{rng.randrange(args.users)}", "item_id": rng.choice(item_ids)}
+            )
+            latency = await send(body)
+            if now >= measure_from:
+                latencies.append(latency)
+
+    await asyncio.gather(*(loop(send, seed) for seed, send in enumerate(senders)))
+    return latencies, time.perf_counter() - measure_from
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the server and its children (the embedded redis-server)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000, method="inclusive")[int(q * 10) - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
+    parser.add_argument("--concurrency", type=int, default=16, help="open connections")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--prefill", type=int, default=20, help="events per user before timing")
+    parser.add_argument("--artifact", type=Path, help="serve this artifact instead of a random one")
+    args = parser.parse_args()
+
+    item_ids = catalogue()
+    artifact = args.artifact or build_artifact(OUT / "service_artifact", item_ids)
+    port = free_port()
+    server = start_server(artifact, port)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        prefill(f"http://127.0.0.1:{port}", item_ids, args.users, args.prefill)
+        cpu_before = cpu_seconds(server.pid)
+        latencies, elapsed = asyncio.run(drive(args, port, item_ids))
+        cpu = cpu_seconds(server.pid) - cpu_before
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    result = {
+        "client": args.client, "concurrency": args.concurrency, "k": args.k,
+        "items": len(item_ids), "events": len(latencies), "seconds": round(elapsed, 2),
+        "events_per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1e3, 2),
+        "p90_ms": round(percentile(latencies, 90) * 1e3, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1e3, 2),
+        "max_ms": round(max(latencies) * 1e3, 2),
+        "server_cpu_ms_per_event": round(cpu / len(latencies) * 1e3, 3),
+        "load_average_1m": round(psutil.getloadavg()[0], 1),
+    }  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"service_load_{args.client}.json").write_text(json.dumps(result, indent=2) + "\n")
+    columns = list(result)
+    print("| " + " | ".join(columns) + " |")
+    print("|" + " --- |" * len(columns))
+    print("| " + " | ".join(str(result[column]) for column in columns) + " |")
+
+
+if __name__ == "__main__":
+    main()
