@@ -8,6 +8,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,20 @@ def tool() -> Callable[[str], Path]:
 def repo() -> Path:
     """The repository root (the deployment files are addressed relative to it)."""
     return REPO
+
+
+@pytest.fixture(scope="session")
+def cli_options() -> Callable[[str], set[str]]:
+    """``cli_options("serve")`` -> every ``--flag`` the real ``lrurec serve`` accepts."""
+    import typer.main
+
+    from cli.main import app
+
+    # typer builds a click-style group (its own vendored click in recent versions).
+    group: Any = typer.main.get_command(app)
+
+    def options(command: str) -> set[str]:
+        params = group.commands[command].params
+        return {flag for param in params for flag in [*param.opts, *param.secondary_opts]}
+
+    return options

@@ -88,6 +88,20 @@ def test_service_waits_for_healthy_redis_and_is_configured_by_environment(
     Settings(**values)
 
 
+def flags(words: list[str]) -> set[str]:
+    return {word for word in words if word.startswith("--")}
+
+
+def test_commands_use_only_real_cli_options(
+    resolved: dict[str, Any], cli_options: Callable[[str], set[str]]
+) -> None:
+    serve = resolved["services"]["lrurec"]["command"][0].split("lrurec serve", 1)[1].split()
+    assert flags(serve) <= cli_options("serve")
+    train = resolved["services"]["train"]["command"]
+    assert flags(train) <= cli_options("train")
+    assert {"--data", "--format", "--out"} <= flags(train)
+
+
 def test_training_profile_writes_the_artifact_the_service_reads(resolved: dict[str, Any]) -> None:
     train, service = resolved["services"]["train"], resolved["services"]["lrurec"]
     assert train["profiles"] == ["train"]
@@ -95,7 +109,7 @@ def test_training_profile_writes_the_artifact_the_service_reads(resolved: dict[s
     out = train["command"][train["command"].index("--out") + 1]
     assert "artifacts:/artifacts:rw" in train["volumes"]
     assert "artifacts:/artifacts:ro" in service["volumes"]
-    assert f"[ -f {out}/model.safetensors ]" in service["command"][0]
+    assert f"[ -f {out}/items.tsv ]" in service["command"][0]  # written after the weights
     assert f"LRUREC_ARTIFACT={out}" in service["command"][0]
 
 

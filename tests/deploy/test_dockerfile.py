@@ -84,6 +84,13 @@ def test_installs_the_pinned_cpu_torch_wheel(repo: Path) -> None:
     assert "--index-url https://download.pytorch.org/whl/cpu" in runs
 
 
+def test_default_command_uses_only_real_serve_options(
+    repo: Path, cli_options: Callable[[str], set[str]]
+) -> None:
+    (cmd,) = [json.loads(a) for k, a in stages(repo / "Dockerfile")["runtime-base"] if k == "CMD"]
+    assert {word for word in cmd if word.startswith("--")} <= cli_options("serve")
+
+
 def test_runtime_runs_unprivileged_with_a_readiness_healthcheck(repo: Path) -> None:
     base = stages(repo / "Dockerfile")["runtime-base"]
     users = [a for k, a in base if k == "USER"]

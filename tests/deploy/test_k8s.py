@@ -86,6 +86,13 @@ def test_deployment_probes_resources_and_replicas(resources: dict[str, dict[str,
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["http"])
 
 
+def test_container_args_are_real_serve_options(
+    resources: dict[str, dict[str, Any]], cli_options: Callable[[str], set[str]]
+) -> None:
+    args = container(resources)["args"]
+    assert {arg for arg in args if arg.startswith("--")} <= cli_options("serve")
+
+
 def test_service_hpa_and_budget_select_the_deployment(resources: dict[str, dict[str, Any]]) -> None:
     deployment = resources["Deployment/lrurec"]
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
