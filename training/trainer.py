@@ -199,7 +199,9 @@ class Trainer:
             loss = self.train_step(batches[index])
             state.batch_in_epoch = index + 1
             progress.update(1)
-            progress.set_postfix(loss=f"{loss:.3f}", epoch=state.epoch, **self.last_metrics())
+            progress.set_postfix(
+                loss=f"{loss:.3f}", epoch=state.epoch, refresh=False, **self.last_metrics()
+            )
             if state.step % config.eval_every == 0:
                 self.record_validation()
                 self.save()
