@@ -7,6 +7,7 @@ of exactly tied scores). The tables are the ones ``model.score`` uses: ``(embedd
 item_bias)`` for LRURec, ``(embedding.weight, None)`` for SASRec.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,36 @@ from torch import Tensor
 
 DEFAULT_CHUNK = 65_536
 """Items scored at once: 16 MB of float32 scores at batch 64."""
+
+MIN_BLOCKED = 16_384
+"""Below this many columns plain ``torch.topk`` is as fast as :func:`block_top_k`."""
+
+
+def block_top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Exact ``torch.topk(scores, k, dim=1)`` (sorted) through block maxima; ``[b, n] → [b, k]``.
+
+    ``torch.topk`` on CPU costs about 9 ms for one row of 1M scores; this takes the maximum of
+    each block of columns (one vectorised pass), keeps the ``k`` blocks with the largest maxima
+    and runs ``topk`` only on their columns. Exact: a block holding one of the ``k`` best scores
+    has a maximum at least that score, and at most ``k - 1`` other blocks can have a larger one
+    (each such maximum is a distinct score above it), so the block is among the ``k`` kept.
+    The columns past the last full block are always kept.
+    """
+    batch, n = scores.shape
+    block = max(64, math.isqrt(n // k))
+    if n < MIN_BLOCKED or k * block * 4 > n:
+        values, indices = torch.topk(scores, k, dim=1)
+        return values, indices
+    full = (n // block) * block
+    maxima = scores[:, :full].reshape(batch, full // block, block).amax(dim=2)  # [b, n_blocks]
+    _, blocks = torch.topk(maxima, k, dim=1)  # [b, k]
+    offsets = torch.arange(block, device=scores.device)
+    columns = (blocks.unsqueeze(-1) * block + offsets).reshape(batch, k * block)  # [b, k·block]
+    if full < n:
+        tail = torch.arange(full, n, device=scores.device).expand(batch, n - full)
+        columns = torch.cat([columns, tail], dim=1)
+    values, positions = torch.topk(scores.gather(1, columns), k, dim=1)
+    return values, columns.gather(1, positions)
 
 
 def _exclusion_index(
@@ -65,8 +96,7 @@ def chunked_top_k(
         scores[:, 0] = -torch.inf
         if rows is not None and columns is not None:
             scores[rows, columns] = -torch.inf
-        values, indices = torch.topk(scores, width, dim=1)
-        return values, indices
+        return block_top_k(scores, width)
     best_values = hidden.new_full((hidden.shape[0], width), -torch.inf)
     best_indices = torch.zeros(hidden.shape[0], width, dtype=torch.long, device=hidden.device)
     for begin in range(1, vocab, chunk_size):  # from 1: column 0 is padding
@@ -75,7 +105,7 @@ def chunked_top_k(
         if rows is not None and columns is not None:
             inside = (columns >= begin) & (columns < end)
             scores[rows[inside], columns[inside] - begin] = -torch.inf
-        values, indices = torch.topk(scores, min(width, end - begin), dim=1)  # [b, ≤ width]
+        values, indices = block_top_k(scores, min(width, end - begin))  # [b, ≤ width]
         merged_values = torch.cat([best_values, values], dim=1)
         merged_indices = torch.cat([best_indices, indices + begin], dim=1)
         best_values, order = torch.topk(merged_values, width, dim=1)

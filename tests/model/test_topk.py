@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.topk import chunked_top_k
+from model.topk import block_top_k, chunked_top_k
 
 N_ITEMS = 3_000
 
@@ -68,3 +68,28 @@ def test_bad_arguments_are_rejected(
         chunked_top_k(hidden, table, bias, 0)
     with pytest.raises(ValueError, match="rows"):
         chunked_top_k(hidden, table, bias, 5, exclude=[[1]])
+
+
+@pytest.mark.parametrize("n", [16_384, 100_003, 1_000_001])
+def test_block_top_k_equals_torch_top_k(n: int) -> None:
+    generator = torch.Generator().manual_seed(n)
+    scores = torch.randn(3, n, generator=generator)
+    scores[:, ::3] = -torch.inf  # masked items
+    scores[1, -5:] = 100.0 + torch.arange(5.0)  # the best items in the partial last block
+    for k in (1, 10, 100):
+        values, indices = block_top_k(scores, k)
+        expected = torch.topk(scores, k, dim=1)
+        assert torch.equal(values, expected.values)
+        assert torch.equal(indices, expected.indices)
+
+
+def test_chunked_top_k_over_a_large_catalogue_equals_full_top_k() -> None:
+    generator = torch.Generator().manual_seed(9)
+    hidden = torch.randn(4, 8, generator=generator)
+    table = torch.randn(200_001, 8, generator=generator)
+    bias = torch.randn(200_001, generator=generator)
+    exclude = [[5, 6], [], list(range(1, 200_001, 2)), [199_999]]
+    expected = full_top_k(hidden, table, bias, 10, exclude)
+    values, indices = chunked_top_k(hidden, table, bias, 10, exclude=exclude)
+    assert torch.equal(indices, expected[1])
+    torch.testing.assert_close(values, expected[0], rtol=1e-6, atol=1e-5)
