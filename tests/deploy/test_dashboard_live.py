@@ -37,10 +37,13 @@ class Stack:
     load: Load
     load_start: float
     load_end: float
+    settled: float
+    """When queries are evaluated: a whole scrape interval after a scrape that followed the load,
+    so even an observation recorded just after its response was sent has been scraped."""
 
-    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query; raises on any Prometheus error."""
-        params = {"query": expr, "time": str(at or self.load_end + SCRAPE_SECONDS)}
+        params = {"query": expr, "time": str(self.settled)}
         body = self.prometheus.get("/api/v1/query", params=params).json()
         assert body["status"] == "success", f"{expr}: {body}"
         result: list[dict[str, Any]] = body["data"]["result"]
@@ -50,7 +53,7 @@ class Stack:
         """Range query over the load, 1 s steps, as a Grafana time series panel asks for it."""
         params = {
             "query": expr, "start": str(self.load_start), "step": "1",
-            "end": str(self.load_end + SCRAPE_SECONDS),
+            "end": str(self.settled),
         }  # fmt: skip
         body = self.prometheus.get("/api/v1/query_range", params=params).json()
         assert body["status"] == "success", f"{expr}: {body}"
@@ -107,7 +110,7 @@ def stack(tool: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory)
         # The last scrape (and rule evaluation) must see the whole load.
         scraper.wait_until(lambda: scraped_after(api, end), 15, "a scrape after the load")
         time.sleep(SCRAPE_SECONDS)
-        yield Stack(api, f"127.0.0.1:{port}", load, start, end)
+        yield Stack(api, f"127.0.0.1:{port}", load, start, end, time.time())
 
 
 def values(result: list[dict[str, Any]]) -> list[float]:
