@@ -61,10 +61,14 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"batch {BATCH} × {CHANNELS} complex channels")
-    print("| L | pass | sequential reference (ms) | parallel log-depth (ms) | speed-up "
-          "| fused loop (ms) |")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"batch {BATCH} × {CHANNELS} complex channels"
+    )
+    print(
+        "| L | pass | sequential reference (ms) | parallel log-depth (ms) | speed-up "
+        "| fused loop (ms) |"
+    )
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for length in args.lengths:
         for backward in (False, True):
@@ -72,8 +76,10 @@ def main() -> None:
             parallel = time_scan(parallel_scan, length, backward)
             fused = time_scan(loop_scan, length, backward)
             label = "forward+backward" if backward else "forward"
-            print(f"| {length} | {label} | {sequential * 1e3:.1f} | {parallel * 1e3:.1f} | "
-                  f"{sequential / parallel:.2f}× | {fused * 1e3:.1f} |")
+            print(
+                f"| {length} | {label} | {sequential * 1e3:.1f} | {parallel * 1e3:.1f} | "
+                f"{sequential / parallel:.2f}× | {fused * 1e3:.1f} |"
+            )
     print("\n| step + score + top-10, 3,416 items | median µs per call | µs per event |")
     print("| --- | ---: | ---: |")
     for batch in (1, 64):

@@ -17,6 +17,8 @@ def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 2
     return statistics.median(samples)
 
 
-def repeats_for(budget_seconds: float, one_call_seconds: float, low: int = 3, high: int = 2000) -> int:
+def repeats_for(
+    budget_seconds: float, one_call_seconds: float, low: int = 3, high: int = 2000
+) -> int:
     """How many repeats fit a time budget, clamped to [low, high]."""
     return max(low, min(high, int(budget_seconds / max(one_call_seconds, 1e-9))))

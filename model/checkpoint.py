@@ -26,7 +26,9 @@ def save_model(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     module = cast(nn.Module, model)
-    tensors = {name: value.detach().contiguous().cpu() for name, value in module.state_dict().items()}
+    tensors = {
+        name: value.detach().contiguous().cpu() for name, value in module.state_dict().items()
+    }
     save_file(tensors, str(directory / WEIGHTS_FILE))
     config = {**model_config_entry(model), **(extra or {})}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

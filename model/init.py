@@ -9,7 +9,7 @@ TRUNC_STD = 0.02
 def ring_init(
     n: int, r_min: float, r_max: float, max_phase: float, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """λ sampled uniformly on the ring r_min ≤ |λ| ≤ r_max (uniform in |λ|²), phase in [0, max_phase].
+    """λ uniform on the ring r_min ≤ |λ| ≤ r_max (uniform in |λ|²), phase in [0, max_phase].
 
     Returns:
         ``(nu_log, theta_log, gamma_log)``, each ``[n]``, with γ = sqrt(1 - |λ|²).
@@ -31,4 +31,3 @@ def truncated_normal_(parameter: Tensor, std: float = TRUNC_STD) -> Tensor:
 def is_truncated_normal_target(name: str) -> bool:
     """Everything but LayerNorm and the λ/γ log-parameters gets the truncated normal."""
     return "norm" not in name and not name.endswith(("nu_log", "theta_log", "gamma_log"))
-

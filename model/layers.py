@@ -67,7 +67,8 @@ class LRULayer(nn.Module):
     def readout(self, h_re: Tensor, h_im: Tensor, x: Tensor) -> Tensor:
         """LN(Dropout(Re(C h + c)) + x)."""
         y = F.linear(h_re, self.C_re, self.c_re) - F.linear(h_im, self.C_im)
-        return self.norm(self.dropout(y) + x)
+        out: Tensor = self.norm(self.dropout(y) + x)
+        return out
 
     def forward(self, x: Tensor, carry: Tensor) -> tuple[Tensor, Tensor]:
         """Parallel form over a whole sequence.
@@ -77,7 +78,7 @@ class LRULayer(nn.Module):
             carry: ``[b, t]`` bool, False where h_{t-1} must not flow into h_t (after padding).
 
         Returns:
-            ``(y, h)``: ``y`` ``[b, t, d]``; ``h`` complex ``[b, t, n]``, the state at every position.
+            ``(y, h)``: ``y`` ``[b, t, d]``; ``h`` complex ``[b, t, n]``, the state everywhere.
         """
         decay_re, decay_im = self.decay()
         u_re, u_im = self.scan_inputs(x)
@@ -105,7 +106,8 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = self.dropout(F.gelu(self.w_1(x)))
-        return self.norm(self.dropout(self.w_2(hidden)) + x)
+        out: Tensor = self.norm(self.dropout(self.w_2(hidden)) + x)
+        return out
 
 
 class LRUBlock(nn.Module):

@@ -46,6 +46,7 @@ class LRURec(nn.Module):
     def use_scan(self, kind: Literal["auto", "parallel", "loop"]) -> None:
         """Pick the training scan for every layer (``auto``: loop on CPU, log-depth elsewhere)."""
         for block in self.blocks:
+            assert isinstance(block, LRUBlock)
             block.lru.scan = kind
 
     @property
@@ -54,7 +55,8 @@ class LRURec(nn.Module):
         return (self.config.n_layers, 2, self.config.d_state)
 
     def embed(self, items: Items) -> Tensor:
-        return self.embedding_norm(self.embedding_dropout(self.embedding(items)))
+        embedded: Tensor = self.embedding_norm(self.embedding_dropout(self.embedding(items)))
+        return embedded
 
     def _run(self, items: Items) -> tuple[Hidden, list[Tensor]]:
         mask = items > 0  # [b, t]

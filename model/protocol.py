@@ -45,7 +45,7 @@ class RecurrentRecommender(Protocol):
         ...
 
     def step(self, items: Items, state: State) -> tuple[Hidden, State]:
-        """One event per user: items ``[b]``, state ``[b, ...]`` → (hidden ``[b, d]``, new state)."""
+        """One event per user: items ``[b]``, state ``[b, ...]`` → (hidden ``[b, d]``, state)."""
         ...
 
     def cold_start_hidden(self) -> Hidden:

@@ -66,7 +66,7 @@ def _odd_even_scan(gates: Tensor, inputs: Tensor) -> Tensor:
     if inputs.shape[1] == 1:
         return inputs
     gate_even, gate_odd = gates[:, 0::2], gates[:, 1::2]  # [b, t/2, n] each
-    # Positions 2i and 2i+1 combined: h_{2i+1} = a_{2i+1} a_{2i} h_{2i-1} + (a_{2i+1} x_{2i} + x_{2i+1}).
+    # Pairs (2i, 2i+1) combined: h_{2i+1} = a_{2i+1} a_{2i} h_{2i-1} + (a_{2i+1} x_{2i} + x_{2i+1}).
     h_odd = _odd_even_scan(gate_odd * gate_even, gate_odd * inputs[:, 0::2] + inputs[:, 1::2])
     h_before_even = torch.cat([torch.zeros_like(h_odd[:, :1]), h_odd[:, :-1]], dim=1)
     h_even = gate_even * h_before_even + inputs[:, 0::2]

@@ -11,7 +11,7 @@ Dimensions (used in docstrings and shape comments):
 Paper notation (LRURec, Yue et al. 2024; RecBLR, Liu et al. 2024):
     λ  ``decay``: per-channel complex decay exp(-ν + iθ); ``nu_log``, ``theta_log`` are log ν, log θ
     γ  ``gamma``: input normalisation sqrt(1 - |λ|²), stored as ``gamma_log``
-    B  input projection d → n (complex, as real/imag pairs ``B_re``/``B_im``, bias ``b_re``/``b_im``)
+    B  input projection d → n (complex: real/imag pairs ``B_re``/``B_im``, bias ``b_re``/``b_im``)
     C  output projection n → d (complex; only Re(C h + c) is used, so ``C_re``/``C_im``, ``c_re``)
     h  recurrent state; u = γ ⊙ (B x + b) is the scan input
     α, β  RecBLR's input-dependent decay and input gates

@@ -19,7 +19,9 @@ def test_save_load_reproduces_outputs_bit_for_bit(tiny_model: LRURec, tmp_path: 
     with torch.no_grad():
         assert torch.equal(loaded(items), tiny_model(items))
         state = tiny_model.init_state(2)
-        assert torch.equal(loaded.step(items[:, -1], state)[1], tiny_model.step(items[:, -1], state)[1])
+        assert torch.equal(
+            loaded.step(items[:, -1], state)[1], tiny_model.step(items[:, -1], state)[1]
+        )
     assert not (tmp_path / "model.pt").exists()
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "lrurec"
 

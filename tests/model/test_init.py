@@ -11,11 +11,13 @@ from model.init import ring_init
 def test_ring_init_puts_every_decay_inside_the_ring() -> None:
     nu_log, theta_log, gamma_log = ring_init(10_000, r_min=0.8, r_max=0.99, max_phase=math.pi)
     modulus = torch.exp(-torch.exp(nu_log))
-    assert modulus.min() >= 0.8 - 1e-6 and modulus.max() <= 0.99 + 1e-6
+    assert modulus.min() >= 0.8 - 1e-6
+    assert modulus.max() <= 0.99 + 1e-6
     # |λ|² is uniform on [r_min², r_max²]: its mean is the midpoint.
     assert abs((modulus**2).mean().item() - (0.64 + 0.9801) / 2) < 0.01
     theta = torch.exp(theta_log)
-    assert theta.min() >= 0 and theta.max() <= math.pi
+    assert theta.min() >= 0
+    assert theta.max() <= math.pi
     assert torch.allclose(torch.exp(gamma_log), torch.sqrt(1 - modulus**2), atol=1e-6)
 
 
@@ -25,7 +27,8 @@ def test_every_layer_starts_with_gamma_normalised_decays() -> None:
     for block in model.blocks:
         decay_re, decay_im = block.lru.decay()
         modulus = torch.sqrt(decay_re**2 + decay_im**2)
-        assert modulus.min() >= 0.5 - 1e-6 and modulus.max() <= 0.9 + 1e-6
+        assert modulus.min() >= 0.5 - 1e-6
+        assert modulus.max() <= 0.9 + 1e-6
         gamma = torch.exp(block.lru.gamma_log)
         assert torch.allclose(gamma, torch.sqrt(1 - modulus**2), atol=1e-6)
 

@@ -25,4 +25,5 @@ def test_short_training_loop_lowers_the_loss() -> None:
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     for block in model.blocks:
-        assert block.lru.nu_log.grad is not None and block.lru.nu_log.grad.abs().sum() > 0
+        assert block.lru.nu_log.grad is not None
+        assert block.lru.nu_log.grad.abs().sum() > 0

@@ -121,7 +121,8 @@ def test_state_has_the_documented_fixed_shape_and_dtype(tiny_model: LRURec) -> N
     assert state.shape == (4, config.n_layers, 2, 2 * config.d_model)
     assert state.dtype == torch.float32
     _, new_state = tiny_model.step(torch.tensor([1, 2, 3, 4]), state)
-    assert new_state.shape == state.shape and new_state.dtype == torch.float32
+    assert new_state.shape == state.shape
+    assert new_state.dtype == torch.float32
 
 
 def test_step_matches_forward_in_a_batch_of_users(tiny_model: LRURec) -> None:
