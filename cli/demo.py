@@ -102,9 +102,15 @@ def build_demo_artifact(directory: Path) -> None:
         seed=SEED,
     )
     model = build(config, len(catalogue))
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = Trainer(model, split_leave_one_out(sequences), config, Path(scratch))
-        result = trainer.fit(show_progress=False)
+    threads = torch.get_num_threads()
+    # A model this small runs ~3x faster on one thread (no OpenMP wake-ups per tiny op).
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            trainer = Trainer(model, split_leave_one_out(sequences), config, Path(scratch))
+            result = trainer.fit(show_progress=False)
+    finally:
+        torch.set_num_threads(threads)
     counts = np.bincount(np.concatenate(sequences), minlength=len(catalogue) + 1)
     metadata = {
         "demo_recipe": _recipe_hash(),

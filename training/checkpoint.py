@@ -46,7 +46,12 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: Any) -> dict[str
             state.setdefault(int(index), {})[key] = value
     for index, values in meta["scalars"].items():
         state.setdefault(int(index), {}).update(values)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    # JSON has no tuples; optimisers compare and unpack ``betas`` as a tuple.
+    groups = [
+        {key: tuple(value) if key == "betas" else value for key, value in group.items()}
+        for group in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
 
 
 def save_last(

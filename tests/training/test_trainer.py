@@ -1,0 +1,102 @@
+"""The fit loop: learning, early stopping, resume, optimiser checkpoints, schedule."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import LRURec
+from training import checkpoint
+from training.config import TrainConfig
+from training.data import split_leave_one_out
+from training.pipeline import build
+from training.trainer import Trainer, build_optimizer, learning_rate
+
+
+def make_trainer(config: TrainConfig, walks: list[np.ndarray], directory: Path) -> Trainer:
+    model = build(config, n_items=30)
+    return Trainer(model, split_leave_one_out(walks), config, directory)
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}  # type: ignore[attr-defined]
+
+
+def test_training_improves_validation_recall(
+    tiny_train_config: TrainConfig, walks: list[np.ndarray], tmp_path: Path
+) -> None:
+    config = tiny_train_config.model_copy(update={"max_steps": 40, "eval_every": 20})
+    result = make_trainer(config, walks, tmp_path).fit(show_progress=False)
+    assert result.steps == 40
+    assert [point["step"] for point in result.history] == [0.0, 20.0, 40.0]
+    assert result.best_metric > result.history[0]["recall@10"] + 0.2
+
+
+def test_early_stopping_after_patience_validations_without_improvement(
+    tiny_train_config: TrainConfig, walks: list[np.ndarray], tmp_path: Path
+) -> None:
+    # A vanishing learning rate cannot improve recall, so patience 2 stops at step 2 × 5.
+    config = tiny_train_config.model_copy(update={"lr": 1e-12, "patience": 2, "max_steps": 100})
+    result = make_trainer(config, walks, tmp_path).fit(show_progress=False)
+    assert result.stopped_early
+    assert result.steps == 10
+    assert result.best_step == 0
+
+
+def test_resumed_run_matches_an_uninterrupted_one(
+    tiny_train_config: TrainConfig, walks: list[np.ndarray], tmp_path: Path
+) -> None:
+    straight = make_trainer(tiny_train_config, walks, tmp_path / "straight")
+    straight.fit(show_progress=False)
+    first = make_trainer(tiny_train_config.model_copy(update={"max_steps": 10}), walks, tmp_path / "r")
+    first.fit(show_progress=False)
+    resumed = make_trainer(tiny_train_config, walks, tmp_path / "r")
+    assert resumed.resume()
+    assert resumed.state.step == 10
+    resumed.fit(show_progress=False)
+    assert resumed.state.step == straight.state.step == 20
+    assert [p["recall@10"] for p in resumed.state.history] == [
+        p["recall@10"] for p in straight.state.history
+    ]
+    for name, value in weights(straight).items():
+        assert torch.equal(value, weights(resumed)[name]), name
+
+
+def test_optimizer_state_round_trips_through_safetensors_and_json(
+    tiny_train_config: TrainConfig, walks: list[np.ndarray], tmp_path: Path
+) -> None:
+    trainer = make_trainer(tiny_train_config.model_copy(update={"max_steps": 3}), walks, tmp_path)
+    trainer.fit(show_progress=False)
+    last = checkpoint.find_last(tmp_path)
+    assert last is not None and not (tmp_path / "last.tmp").exists()
+    model = build(tiny_train_config, n_items=30)
+    optimizer = build_optimizer(model, tiny_train_config)
+    loop = checkpoint.load_last(last, model, optimizer)
+    assert loop["step"] == 3
+    saved, restored = trainer.optimizer.state_dict(), optimizer.state_dict()
+    assert saved["param_groups"] == restored["param_groups"]
+    for index, values in saved["state"].items():
+        for key, value in values.items():
+            assert torch.equal(value, restored["state"][index][key])
+
+
+def test_weight_decay_skips_biases_and_norms(tiny_train_config: TrainConfig) -> None:
+    model = build(tiny_train_config, n_items=30)
+    assert isinstance(model, LRURec)
+    decayed, plain = build_optimizer(model, tiny_train_config).param_groups
+    assert any(p is model.embedding.weight for p in decayed["params"])
+    assert any(p is model.item_bias for p in plain["params"])
+    assert plain["weight_decay"] == 0.0
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
+    config = TrainConfig(lr=1e-3, schedule="cosine", warmup_steps=10, max_steps=110)
+    assert learning_rate(config, 0, 0.0) == pytest.approx(1e-4)
+    assert learning_rate(config, 10, 0.0) == pytest.approx(1e-3)
+    assert learning_rate(config, 60, 0.0) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert learning_rate(config, 110, 0.0) == pytest.approx(1e-5)
+    timed = config.model_copy(update={"schedule_by": "time", "max_minutes": 1.0})
+    assert learning_rate(timed, 50, 60.0) == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="needs max_steps"):
+        learning_rate(TrainConfig(schedule="cosine"), 5, 0.0)
