@@ -183,8 +183,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="open connections")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--users", type=int, default=2000)
-    parser.add_argument("--prefill", type=int, default=20, help="events per user before timing")
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--prefill", type=int, default=10, help="events per user before timing")
     parser.add_argument("--artifact", type=Path, help="serve this artifact instead of a random one")
     args = parser.parse_args()
 
@@ -194,7 +194,9 @@ def main() -> None:
     server = start_server(artifact, port)
     try:
         wait_ready(f"http://127.0.0.1:{port}")
+        prefill_start = time.perf_counter()
         prefill(f"http://127.0.0.1:{port}", item_ids, args.users, args.prefill)
+        prefill_seconds = time.perf_counter() - prefill_start
         cpu_before = cpu_seconds(server.pid)
         latencies, elapsed = asyncio.run(drive(args, port, item_ids))
         cpu = cpu_seconds(server.pid) - cpu_before
@@ -210,6 +212,7 @@ def main() -> None:
         "p99_ms": round(percentile(latencies, 99) * 1e3, 2),
         "max_ms": round(max(latencies) * 1e3, 2),
         "server_cpu_ms_per_event": round(cpu / len(latencies) * 1e3, 3),
+        "batch_events_per_s": round(args.users * args.prefill / prefill_seconds, 1),
         "load_average_1m": round(psutil.getloadavg()[0], 1),
     }  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)

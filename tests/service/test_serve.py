@@ -1,5 +1,7 @@
-"""``lrurec serve --workers 2`` as a real subprocess: shared embedded Redis, CAS across worker
-processes, metrics aggregated over both workers, nothing left running after shutdown."""
+"""``lrurec serve --workers 2`` as a real subprocess on a "fresh machine" (no artifact, no Redis
+configured): the demo artifact is built, one embedded Redis is shared by both workers, writes
+race across worker processes, metrics are aggregated over both workers, and nothing is left
+running after shutdown."""
 
 import os
 import signal
@@ -23,6 +25,11 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 N_EVENTS = 32
+DEMO_ITEMS = [
+    row.split("\t")[0]
+    for row in (REPO / "cli" / "demo_catalogue.tsv").read_text().splitlines()[1:]
+    if row
+]
 
 
 @dataclass
@@ -46,18 +53,18 @@ def wait_ready(server: Server, timeout: float = 90.0) -> None:
 
 
 @pytest.fixture
-def two_workers(tiny_artifact: Path, tmp_path: Path) -> Iterator[Server]:
+def two_workers(tmp_path: Path) -> Iterator[Server]:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_999999.db").write_bytes(b"stale file of an earlier run")
     environment = {k: v for k, v in os.environ.items() if not k.startswith("LRUREC_")}
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     environment["LRUREC_METRICS_DIR"] = str(metrics_dir)
+    environment["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # the demo artifact is built here
     port = free_port()
     command = [
         sys.executable, "-c", "from cli.main import app; app()", "serve",
-        "--workers", "2", "--port", str(port), "--artifact", str(tiny_artifact),
-        "--log-level", "warning", "--no-access-log",
+        "--workers", "2", "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, env=environment)
     server = Server(f"http://127.0.0.1:{port}", process, metrics_dir)
@@ -76,7 +83,7 @@ def two_workers(tiny_artifact: Path, tmp_path: Path) -> Iterator[Server]:
 
 def post_event(base_url: str, n: int) -> dict[str, object]:
     """One event on a fresh connection, so the kernel spreads them over both workers."""
-    event = {"user_id": "shared", "item_id": f"item-{n % 50 + 1}", "event_id": f"e{n}"}
+    event = {"user_id": "shared", "item_id": DEMO_ITEMS[n % len(DEMO_ITEMS)], "event_id": f"e{n}"}
     response = httpx.post(f"{base_url}/events", json=event, params={"k": 5}, timeout=30.0)
     assert response.status_code == 200, response.text
     body: dict[str, object] = response.json()
@@ -109,8 +116,9 @@ def redis_processes(root: int) -> list[psutil.Process]:
     return [child for child in children if "redis-server" in child.name()]
 
 
-def test_two_workers_share_redis_and_aggregate_metrics(two_workers: Server) -> None:
+def test_two_workers_share_redis_and_aggregate_metrics(two_workers: Server, tmp_path: Path) -> None:
     assert not (two_workers.metrics_dir / "counter_999999.db").exists()  # emptied at start
+    assert (tmp_path / "cache" / "lrurec" / "demo" / "config.json").is_file()
     embedded = redis_processes(two_workers.process.pid)
     assert len(embedded) == 1  # started once, by the parent
 
@@ -118,6 +126,9 @@ def test_two_workers_share_redis_and_aggregate_metrics(two_workers: Server) -> N
         results = list(pool.map(lambda n: post_event(two_workers.base_url, n), range(N_EVENTS)))
     assert all(result["applied"] for result in results)
     assert sorted(int(str(r["events_applied"])) for r in results) == list(range(1, N_EVENTS + 1))
+    recommended = httpx.get(f"{two_workers.base_url}/recommendations/shared", timeout=10.0).json()
+    assert recommended["source"] == "model"
+    assert {item["item_id"] for item in recommended["items"]} <= set(DEMO_ITEMS)
 
     per_worker = applied_per_worker(two_workers.metrics_dir)
     assert len(per_worker) == 2
