@@ -2,6 +2,8 @@
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,14 +39,27 @@ MinCountOption = Annotated[
 ]
 
 
-def _setup_logging(log_file: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", handlers=handlers
-    )
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("training").setLevel(logging.INFO)
+
+
+@contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Also append the ``training`` package's log records to ``path`` (the run's log)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    package = logging.getLogger("training")
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        handler.close()
 
 
 def _load(data: Path, data_format: DataFormat, min_count: int | None) -> Dataset:
@@ -106,7 +121,7 @@ def train(
 
     Re-running the same command resumes from the last checkpoint in --out/checkpoints.
     """
-    _setup_logging(out / "train.log")
+    _setup_logging()
     try:
         config = TrainConfig(
             model=ModelSpec(
@@ -134,9 +149,10 @@ def train(
     except ValidationError as error:
         typer.secho(f"error: invalid option: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
-    dataset = _load(data, data_format, min_count)
-    job = TrainJob(dataset, config, out, f"{data_format.value}:{data}", show_progress=not quiet)
-    metrics = train_artifact(job)
+    with _log_to(out / "train.log"):
+        dataset = _load(data, data_format, min_count)
+        source = f"{data_format.value}:{data}"
+        metrics = train_artifact(TrainJob(dataset, config, out, source, show_progress=not quiet))
     typer.echo(f"artifact written to {out} ({metrics['steps']} steps)")
     _echo_table(metrics)
 

@@ -45,7 +45,7 @@ def item_counts(sequences: list[np.ndarray], n_items: int) -> Tensor:
     return torch.from_numpy(np.bincount(flat, minlength=n_items + 1).astype(np.float32))
 
 
-def test_metrics(
+def held_out_metrics(
     model: RecurrentRecommender, split: Split, max_len: int, device: str
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Test metrics of the model and of popularity, in both protocols."""
@@ -105,7 +105,7 @@ def train_artifact(job: TrainJob) -> dict[str, Any]:
     started = time.monotonic()
     result = trainer.fit(show_progress=job.show_progress)
     max_len = model.config.max_len
-    tests = test_metrics(model, split, max_len, config.device)
+    tests = held_out_metrics(model, split, max_len, config.device)
     metrics: dict[str, Any] = {
         "test": tests["model"],
         "baselines": {"popularity": tests["popularity"]},
@@ -141,5 +141,5 @@ def evaluate_artifact(directory: Path, raw: RawSequences, device: str) -> dict[s
     dataset = encode_with_vocabulary(raw, artifact.item_ids)
     split = split_leave_one_out(dataset.sequences)
     cast(nn.Module, artifact.model).eval()
-    tests = test_metrics(artifact.model, split, int(artifact.config["max_len"]), device)
+    tests = held_out_metrics(artifact.model, split, int(artifact.config["max_len"]), device)
     return {"test": tests["model"], "baselines": {"popularity": tests["popularity"]}}
