@@ -3,8 +3,9 @@
 Per user, writes are serialised twice over: an in-process ``asyncio.Lock`` keeps one worker's
 concurrent requests for a user from racing at all, and the store's version check (CAS inside
 one Lua script) makes writers in other workers or replicas retry instead of overwriting.
-Model compute runs inline on the event loop: a step plus top-k over 3,416 items takes well
-under a millisecond on one CPU thread (benchmarks/RESULTS.md), less than a threadpool hop.
+Model compute runs inline on the event loop: a step plus top-k over 3,416 items holds it for
+under a millisecond on one CPU thread (benchmarks/RESULTS.md); a threadpool hop per event would
+add overhead without parallelism (one torch thread, small ops that mostly hold the GIL).
 """
 
 import asyncio
