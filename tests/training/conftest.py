@@ -30,7 +30,9 @@ def walk_sequences(n_users: int, n_items: int, seed: int) -> list[np.ndarray]:
         position = int(rng.integers(n_items))
         events = []
         for _ in range(int(rng.integers(8, 25))):
-            position = (position + (1 if rng.random() < 0.8 else int(rng.integers(n_items)))) % n_items
+            position = (
+                position + (1 if rng.random() < 0.8 else int(rng.integers(n_items)))
+            ) % n_items
             events.append(position + 1)
         sequences.append(np.array(events, dtype=np.int64))
     return sequences

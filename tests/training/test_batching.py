@@ -33,4 +33,5 @@ def test_collate_left_pads_to_longest_window() -> None:
     assert inputs.tolist() == [[0, 5, 6], [0, 0, 0]]
     assert labels.tolist() == [[5, 6, 7], [0, 0, 9]]
     assert left_pad([np.array([1, 2, 3])], length=2).tolist() == [[2, 3]]
-    assert left_pad([]).shape == (0, 1) and left_pad([]).dtype == torch.long
+    assert left_pad([]).shape == (0, 1)
+    assert left_pad([]).dtype == torch.long

@@ -66,7 +66,9 @@ def test_events_csv_sorts_by_time_keeping_log_order_for_ties(tmp_path: Path) -> 
 
 
 def test_events_parquet_reads_string_ids_and_numeric_times(tmp_path: Path) -> None:
-    table = pa.table({"user_id": ["u", "u", "v"], "item_id": ["b", "a", "a"], "timestamp": [2, 1, 3]})
+    table = pa.table(
+        {"user_id": ["u", "u", "v"], "item_id": ["b", "a", "a"], "timestamp": [2, 1, 3]}
+    )
     path = tmp_path / "events.parquet"
     pq.write_table(table, path)
     assert read_raw(path, "events") == {"u": ["a", "b"], "v": ["a"]}
@@ -116,7 +118,8 @@ def test_encode_numbers_numeric_ids_numerically_and_keeps_vocabulary() -> None:
     assert dataset.users == ["2", "10"]
     assert dataset.item_ids == ["9", "10", "a", "b"]
     assert [s.tolist() for s in dataset.sequences] == [[2, 1, 4], [3, 1]]
-    assert dataset.n_items == 4 and dataset.n_events == 5
+    assert dataset.n_items == 4
+    assert dataset.n_events == 5
     assert fingerprint(dataset) == fingerprint(encode({"10": ["a", "9"], "2": ["10", "9", "b"]}))
 
 
@@ -127,6 +130,10 @@ def test_encode_with_vocabulary_drops_unknown_items() -> None:
 
 def test_leave_one_out_split() -> None:
     split = split_leave_one_out([np.array([1, 2, 3, 4]), np.array([5, 6])])
-    assert split.train[0].tolist() == [1, 2] and split.valid[0] == 3 and split.test[0] == 4
+    assert split.train[0].tolist() == [1, 2]
+    assert split.valid[0] == 3
+    assert split.test[0] == 4
     assert split.history(0, include_valid=True).tolist() == [1, 2, 3]
-    assert split.train[1].tolist() == [5, 6] and split.valid[1] == 0 and split.test[1] == 0
+    assert split.train[1].tolist() == [5, 6]
+    assert split.valid[1] == 0
+    assert split.test[1] == 0

@@ -28,15 +28,18 @@ def test_train_writes_a_loadable_self_describing_artifact(
     artifact = load_artifact(out)
     # Non-numeric ids are numbered in string order.
     assert artifact.item_ids == sorted(f"i{k}" for k in range(1, 31))
-    assert artifact.popularity.shape == (31,) and artifact.popularity[0] == 0
+    assert artifact.popularity.shape == (31,)
+    assert artifact.popularity[0] == 0
     config = artifact.config
-    assert config["max_len"] == 16 and len(config["data_fingerprint"]) == 16
+    assert config["max_len"] == 16
+    assert len(config["data_fingerprint"]) == 16
     assert config["model_version"] == artifact.version
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) == {"paper", "serving"}
     assert set(metrics["test"]["paper"]) >= {"ndcg@10", "recall@10", "ndcg@20", "recall@20"}
     assert set(metrics["baselines"]["popularity"]) == {"paper", "serving"}
-    assert metrics["steps"] == 12 and [p["step"] for p in metrics["validation"]] == [0, 6, 12]
+    assert metrics["steps"] == 12
+    assert [p["step"] for p in metrics["validation"]] == [0, 6, 12]
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     history = torch.tensor([[1, 2, 3]])
     hidden, _ = artifact.model.prefill(history)
@@ -53,7 +56,15 @@ def test_rerunning_train_resumes_and_evaluate_reproduces_test_metrics(
     assert metrics["steps"] == 18
     assert "resumed from" in (out / "train.log").read_text()
     report = tmp_path / "eval.json"
-    args = ["evaluate", "--artifact", str(out), "--data", str(sequences_file), "--output", str(report)]
+    args = [
+        "evaluate",
+        "--artifact",
+        str(out),
+        "--data",
+        str(sequences_file),
+        "--output",
+        str(report),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())["test"] == metrics["test"]
@@ -70,8 +81,10 @@ def test_bad_input_exits_with_a_message_naming_file_and_line(
     result = runner.invoke(
         app, ["train", "--data", str(bad), "--out", str(tmp_path / "o"), "--schedule", "linear"]
     )
-    assert result.exit_code == 2 and "--schedule must be one of" in result.output
+    assert result.exit_code == 2
+    assert "--schedule must be one of" in result.output
     missing = runner.invoke(
         app, ["evaluate", "--artifact", str(tmp_path / "none"), "--data", str(sequences_file)]
     )
-    assert missing.exit_code == 2 and "not found" in missing.output
+    assert missing.exit_code == 2
+    assert "not found" in missing.output

@@ -49,7 +49,9 @@ def test_resumed_run_matches_an_uninterrupted_one(
 ) -> None:
     straight = make_trainer(tiny_train_config, walks, tmp_path / "straight")
     straight.fit(show_progress=False)
-    first = make_trainer(tiny_train_config.model_copy(update={"max_steps": 10}), walks, tmp_path / "r")
+    first = make_trainer(
+        tiny_train_config.model_copy(update={"max_steps": 10}), walks, tmp_path / "r"
+    )
     first.fit(show_progress=False)
     resumed = make_trainer(tiny_train_config, walks, tmp_path / "r")
     assert resumed.resume()
@@ -69,7 +71,8 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(
     trainer = make_trainer(tiny_train_config.model_copy(update={"max_steps": 3}), walks, tmp_path)
     trainer.fit(show_progress=False)
     last = checkpoint.find_last(tmp_path)
-    assert last is not None and not (tmp_path / "last.tmp").exists()
+    assert last is not None
+    assert not (tmp_path / "last.tmp").exists()
     model = build(tiny_train_config, n_items=30)
     optimizer = build_optimizer(model, tiny_train_config)
     loop = checkpoint.load_last(last, model, optimizer)
