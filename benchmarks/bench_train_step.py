@@ -34,12 +34,14 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-1m" / "sequ
 
 @contextmanager
 def scan_implementation(scan: Callable[..., torch.Tensor]) -> Iterator[None]:
-    original = model.layers.loop_scan
-    model.layers.loop_scan = scan  # type: ignore[assignment]
+    # LRULayer looks the name up at call time, so swapping the module global switches scans.
+    namespace = vars(model.layers)
+    original = namespace["loop_scan"]
+    namespace["loop_scan"] = scan
     try:
         yield
     finally:
-        model.layers.loop_scan = original
+        namespace["loop_scan"] = original
 
 
 def all_positions_loss(net: LRURec, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
