@@ -67,6 +67,8 @@ def save_last(
     save_model(model, staging)
     tensors, meta = optimizer_to_flat(optimizer)
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(staging / TENSORS_FILE))
     payload = {"loop": loop_state, "optimizer": meta}
     (staging / STATE_FILE).write_text(json.dumps(payload, indent=1))
@@ -104,6 +106,8 @@ def load_last(
                 values[key] = value.to(device)
     optimizer.load_state_dict(state)
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     loop_state: dict[str, Any] = payload["loop"]
     return loop_state
 
