@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from model import LRURec
+from model.registry import MODELS
 from training import checkpoint
 from training.config import TrainConfig
 from training.data import split_leave_one_out
@@ -103,3 +104,13 @@ def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert learning_rate(timed, 50, 60.0) == pytest.approx(1e-5)
     with pytest.raises(ValueError, match="needs max_steps"):
         learning_rate(TrainConfig(schedule="cosine"), 5, 0.0)
+
+
+@pytest.mark.parametrize("model_type", sorted(MODELS))
+def test_every_registered_model_trains_through_the_protocol(
+    model_type: str, tiny_train_config: TrainConfig, walks: list[np.ndarray], tmp_path: Path
+) -> None:
+    spec = tiny_train_config.model.model_copy(update={"model_type": model_type})
+    config = tiny_train_config.model_copy(update={"model": spec, "max_steps": 40, "eval_every": 20})
+    result = make_trainer(config, walks, tmp_path).fit(show_progress=False)
+    assert result.best_metric > result.history[0]["recall@10"] + 0.2
