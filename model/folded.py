@@ -94,15 +94,15 @@ def folded_step(
     """
     table = model.embedding.weight if table is None else table
     x = _layer_norm(torch.embedding(table, items), model.embedding_norm)  # [b, d]
-    batch = items.shape[0]
+    n = layers[0].decay_same.shape[1]  # a Python int: constant reshapes export without Shape ops
     new_layers = []
     for k, (block, folded) in enumerate(zip(model.blocks, layers, strict=True)):
         assert isinstance(block, LRUBlock)
         h = state[:, k]  # [b, 2, n]: (Re h, Im h)
-        u = F.linear(x, folded.u_weight, folded.u_bias).view(batch, 2, -1)  # [b, 2, n]
+        u = F.linear(x, folded.u_weight, folded.u_bias).view(-1, 2, n)  # [b, 2, n]
         h = torch.addcmul(torch.addcmul(u, h, folded.decay_same), h.flip(1), folded.decay_cross)
         new_layers.append(h)
-        y = F.linear(h.reshape(batch, -1), folded.c_weight, block.lru.c_re)  # [b, d]
+        y = F.linear(h.reshape(-1, 2 * n), folded.c_weight, block.lru.c_re)  # [b, d]
         x = _layer_norm(y + x, block.lru.norm)
         ffn = block.ffn
         z = F.linear(
