@@ -99,6 +99,9 @@ def train_artifact(job: TrainJob) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     split = split_leave_one_out(dataset.sequences)
+    short = int((split.test == 0).sum())
+    if short:
+        logger.info("%d users have fewer than 3 events: trained on, not evaluated", short)
     model = build(config, dataset.n_items)
     trainer = Trainer(model, split, config, job.out_dir / CHECKPOINT_DIR)
     trainer.resume()
