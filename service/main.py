@@ -45,7 +45,12 @@ def _build_engine(
     store = UserStore(
         client, settings.key_prefix, max_len, settings.max_event_ids, settings.user_ttl_seconds
     )
-    return Engine(store, stepper, artifact, settings), client.aclose
+
+    async def close() -> None:
+        await store.aclose()
+        await client.aclose()
+
+    return Engine(store, stepper, artifact, settings), close
 
 
 def _warm_up(engine: Engine) -> None:

@@ -13,12 +13,15 @@ Layout (``P`` = key prefix, ``v1`` = layout version; every key of a user shares 
 import time
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
 
 from service import telemetry
+from service.resp import Arg, fast_script_client
 
 LAYOUT_VERSION = "v1"
 
@@ -165,6 +168,21 @@ class UserStore:
         self._ttl = ttl
         self._apply = client.register_script(APPLY_SCRIPT)
         self._load = client.register_script(LOAD_SCRIPT)
+        # The two per-event scripts go through a pipelined hiredis connection (service.resp):
+        # redis-py's client cost ~0.47 ms of CPU per event for them, the largest single share.
+        self._fast = fast_script_client(client)
+
+    async def _run(self, script: "AsyncScript", keys: tuple[str, str, str], args: list[Arg]) -> Any:
+        if self._fast is not None:
+            text = script.script
+            text = bytes(text) if isinstance(text, memoryview) else text
+            return await self._fast.evalsha(script.sha, text, keys, args)
+        return await script(keys=keys, args=args)
+
+    async def aclose(self) -> None:
+        """Close the script connection (the redis-py client is closed by its owner)."""
+        if self._fast is not None:
+            await self._fast.aclose()
 
     def keys(self, user_id: str) -> tuple[str, str, str]:
         """The (state, history, event-id) keys of ``user_id``, all in one hash slot."""
@@ -175,9 +193,9 @@ class UserStore:
         self, user_id: str, event_id: str | None = None, history: bool = True
     ) -> Snapshot:
         """Read the record, the history (if ``history``) and whether ``event_id`` was seen."""
-        args = ["1" if history else "0", event_id or ""]
+        args: list[Arg] = ["1" if history else "0", event_id or ""]
         with telemetry.redis_timer("load"):
-            reply = await self._load(keys=self.keys(user_id), args=args)
+            reply = await self._run(self._load, self.keys(user_id), args)
         version, state, hidden, model_version, applied, received, updated, items, seen = reply
         return Snapshot(
             version=int(version or 0),
@@ -194,14 +212,14 @@ class UserStore:
 
     async def write(self, user_id: str, write: Write, operation: str = "apply") -> WriteResult:
         """Run the atomic check-and-write script; nothing changes unless it returns WRITTEN."""
-        args: list[str | int | bytes] = [
+        args: list[Arg] = [
             write.expected_version, write.token, write.event_id, write.item,
             write.state, write.hidden, write.model_version,
             int(write.applied), int(write.received), f"{time.time():.6f}",
             self._max_len, self._ttl, self._max_event_ids,
         ]  # fmt: skip
         with telemetry.redis_timer(operation):
-            status, applied, version = await self._apply(keys=self.keys(user_id), args=args)
+            status, applied, version = await self._run(self._apply, self.keys(user_id), args)
         return WriteResult(WriteStatus(int(status)), int(applied), int(version))
 
     async def delete(self, user_id: str) -> bool:

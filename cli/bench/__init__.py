@@ -1,0 +1,1 @@
+"""``lrurec bench``: the open-loop service benchmark (and a bridge to the model-level one)."""

@@ -1,0 +1,113 @@
+"""``lrurec bench``: service-level open-loop sweep, or the model-level benchmark."""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.bench.artifacts import MODELS, bench_artifact
+from cli.bench.sweep import Row, SweepSpec, knee, sweep_configuration
+
+DEFAULT_RATES = "100,200,400,700,1000,1500,2000,2500,3000,4000"
+
+
+def _model_level(extra: list[str]) -> None:
+    try:
+        from benchmarks import bench_model  # a repository script, absent from an installed wheel
+    except ImportError:
+        typer.echo(
+            "model-level benchmark skipped: benchmarks/bench_model.py is not importable "
+            "(run from a repository checkout)"
+        )
+        return
+    sys.argv = ["bench_model", *extra]
+    bench_model.main()
+
+
+def _table(rows: list[Row]) -> str:
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def bench(
+    ctx: typer.Context,
+    model_level: Annotated[
+        bool,
+        typer.Option(
+            "--model-level",
+            help="Run benchmarks/bench_model.py (step+top-k vs SASRec recompute, "
+            "catalogue scaling, cumulative-time figure); extra arguments go to it.",
+        ),
+    ] = False,
+    service: Annotated[
+        bool,
+        typer.Option(
+            "--service", help="Open-loop sweep of POST /events against `lrurec serve` subprocesses."
+        ),
+    ] = False,
+    models: Annotated[str, typer.Option(help=f"Comma list from {MODELS}.")] = "lrurec,sasrec",
+    workers: Annotated[str, typer.Option(help="Comma list of worker counts.")] = "1,2",
+    rates: Annotated[
+        str,
+        typer.Option(
+            help="Offered events/s, rising; a configuration stops at its first saturated rate."
+        ),
+    ] = DEFAULT_RATES,
+    duration: Annotated[float, typer.Option(min=1, help="Measured seconds per rate.")] = 8.0,
+    warmup: Annotated[float, typer.Option(min=0, help="Unmeasured seconds per rate.")] = 2.0,
+    k: Annotated[int, typer.Option(min=0, help="Top-k returned per event.")] = 10,
+    users: Annotated[int, typer.Option(min=1, help="Distinct users (pre-filled).")] = 1000,
+    slo_p99_ms: Annotated[float, typer.Option(help="p99 objective defining the knee.")] = 15.0,
+    schedule: Annotated[str, typer.Option(help="Arrivals: poisson or uniform.")] = "poisson",
+    out: Annotated[Path, typer.Option(help="Artifacts and results JSON go here.")] = Path(
+        "benchmarks/out/service_bench"
+    ),
+    plot: Annotated[
+        Path | None, typer.Option(help="PNG of latency percentiles vs offered rate.")
+    ] = None,
+) -> None:
+    """Benchmarks. --service: an open-loop load generator offers fixed arrival rates (latency
+    counted from each request's intended send time, so queueing is never hidden) to `lrurec
+    serve` with 1 and 2 workers, LRURec vs SASRec recompute (random weights, 3,416 items,
+    max_len 200, embedded Redis on loopback), and reports achieved vs offered rate,
+    p50/p90/p99/p99.9/max, errors and the knee. --model-level: per-event model timings."""
+    if not (model_level or service):
+        raise typer.BadParameter("choose --service and/or --model-level")
+    if model_level:
+        _model_level(list(ctx.args))
+    if not service:
+        return
+    spec = SweepSpec(
+        rates=tuple(float(rate) for rate in rates.split(",")),
+        duration=duration,
+        warmup=warmup,
+        k=k,
+        users=users,
+        slo_p99_ms=slo_p99_ms,
+        schedule=schedule,
+    )
+    item_ids = [str(index) for index in range(1, 3417)]
+    sweeps: dict[tuple[str, int], list[Row]] = {}
+    for model in models.split(","):
+        artifact = bench_artifact(out, model)
+        for count in (int(w) for w in workers.split(",")):
+            typer.echo(f"\n## {model}, {count} worker(s)")
+            rows = sweep_configuration(
+                artifact, count, item_ids, spec, lambda row: typer.echo(json.dumps(row))
+            )
+            sweeps[(model, count)] = rows
+            typer.echo(
+                _table(rows) + f"\nknee (p99 ≤ {slo_p99_ms} ms): {knee(rows, slo_p99_ms)} events/s"
+            )
+    results = {f"{m}/{w}": {"rows": r, "knee": knee(r, slo_p99_ms)} for (m, w), r in sweeps.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
+    if plot is not None:
+        from cli.bench.plot import plot_sweeps
+
+        plot_sweeps(plot, sweeps, slo_p99_ms)
+        typer.echo(f"plot: {plot}")

@@ -1,0 +1,242 @@
+"""Open-loop HTTP load generator: fixed arrival rate, latency from the intended send time.
+
+A closed-loop client (send, wait, send) slows down with the server and so hides queueing: the
+requests it would have sent while the server stalled never exist ("coordinated omission"). Here
+the send times are fixed in advance (a Poisson or uniform schedule at ``rate`` requests/s) and a
+request's latency runs from its *intended* send time to the last byte of its response, so time
+spent waiting for a free connection, or behind a stalled server, is counted.
+
+The client is raw HTTP/1.1 over keep-alive connections on asyncio protocols (no tasks, no
+streams, requests pre-encoded): per request it costs a few tens of microseconds of CPU, little
+next to the server it shares the machine with. Each connection carries one request at a time
+(no pipelining); a request due while every connection is busy waits in a FIFO queue. At most
+``max_outstanding`` requests are in flight or queued: a request due beyond that is not sent and
+counted as ``dropped`` (the offered load then exceeds what the run can even queue).
+"""
+
+import asyncio
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One open-loop run: ``rate`` requests/s for ``warmup + duration`` seconds."""
+
+    rate: float
+    duration: float = 8.0
+    warmup: float = 2.0
+    connections: int = 64
+    max_outstanding: int = 2000
+    schedule: str = "poisson"
+    """``poisson`` (exponential gaps) or ``uniform`` (equal gaps)."""
+    drain_timeout: float = 5.0
+    """Seconds to wait for outstanding answers after the last send; late ones are errors."""
+    seed: int = 0
+
+
+@dataclass
+class LoadResult:
+    """Latencies (seconds, from intended send time) of requests intended inside the window."""
+
+    spec: LoadSpec
+    latencies: list[float] = field(default_factory=list)
+    completed_in_window: int = 0
+    """2xx answers that arrived inside the measured window (the achieved throughput)."""
+    errors: int = 0
+    """Non-2xx answers, broken connections and answers missing at the end of the drain."""
+    dropped: int = 0
+    client_cpu_seconds: float = 0.0
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.completed_in_window / self.spec.duration
+
+    def percentile_ms(self, q: float) -> float:
+        """Nearest-rank percentile ``q`` (0-100) in ms; NaN without samples."""
+        if not self.latencies:
+            return math.nan
+        ordered = sorted(self.latencies)
+        rank = max(1, math.ceil(q / 100 * len(ordered)))
+        return ordered[rank - 1] * 1e3
+
+    def summary(self) -> dict[str, float | int]:
+        """One table row: offered vs achieved rate, percentiles (ms), errors."""
+        row: dict[str, float | int] = {
+            "offered_rps": round(self.spec.rate, 1),
+            "achieved_rps": round(self.achieved_rate, 1),
+        }
+        for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9), ("max", 100)):
+            row[f"{name}_ms"] = round(self.percentile_ms(q), 2)
+        row.update(errors=self.errors, dropped=self.dropped, samples=len(self.latencies))
+        return row
+
+
+def send_times(spec: LoadSpec) -> list[float]:
+    """Intended send offsets (seconds from the start) over ``warmup + duration``."""
+    total = spec.warmup + spec.duration
+    if spec.schedule == "uniform":
+        return [i / spec.rate for i in range(math.ceil(total * spec.rate))]
+    if spec.schedule != "poisson":
+        raise ValueError(f"unknown schedule {spec.schedule!r}; use poisson or uniform")
+    rng = random.Random(spec.seed)
+    times, now = [], 0.0
+    while (now := now + rng.expovariate(spec.rate)) < total:
+        times.append(now)
+    return times
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; parses answers by Content-Length (no chunked bodies)."""
+
+    def __init__(self, run: "_Run") -> None:
+        self.run = run
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.intended = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, request: bytes, intended: float) -> None:
+        assert self.transport is not None
+        self.intended = intended
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end]).lower()
+        start = head.find(b"content-length:")
+        length = 0
+        if start >= 0:
+            line_end = head.find(b"\r\n", start)
+            length = int(head[start + 15 : line_end if line_end >= 0 else None])
+        if len(self.buffer) < end + 4 + length:
+            return
+        del self.buffer[: end + 4 + length]
+        self.run.answered(self, head[9:12] in (b"200", b"201", b"202"), self.intended)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.run.lost(self)
+
+
+class _Run:
+    """The state of one run: free connections, the wait queue and the counters."""
+
+    def __init__(self, spec: LoadSpec, requests: Sequence[bytes]) -> None:
+        self.spec = spec
+        self.requests = requests
+        self.result = LoadResult(spec)
+        self.window = (math.inf, math.inf)
+        self.free: list[_Connection] = []
+        self.busy: set[_Connection] = set()
+        self.queue: deque[tuple[float, bytes]] = deque()
+        self.sent = 0
+        self.done = asyncio.get_running_loop().create_future()
+        self.scheduled_all = False
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.busy) + len(self.queue)
+
+    def submit(self, intended: float) -> None:
+        if self.outstanding >= self.spec.max_outstanding:
+            self.result.dropped += self._in_window(intended)
+            return
+        request = self.requests[self.sent % len(self.requests)]
+        self.sent += 1
+        if self.free:
+            connection = self.free.pop()
+            self.busy.add(connection)
+            connection.send(request, intended)
+        else:
+            self.queue.append((intended, request))
+
+    def _in_window(self, moment: float) -> bool:
+        return self.window[0] <= moment < self.window[1]
+
+    def answered(self, connection: _Connection, ok: bool, intended: float) -> None:
+        now = time.perf_counter()
+        if self._in_window(intended):
+            if ok:
+                self.result.latencies.append(now - intended)
+            else:
+                self.result.errors += 1
+        if ok and self._in_window(now):
+            self.result.completed_in_window += 1
+        if self.queue:
+            queued_intended, request = self.queue.popleft()
+            connection.send(request, queued_intended)
+        else:
+            self.busy.discard(connection)
+            self.free.append(connection)
+            self._maybe_done()
+
+    def lost(self, connection: _Connection) -> None:
+        if connection in self.busy:
+            self.busy.discard(connection)
+            self.result.errors += self._in_window(connection.intended)
+            self._maybe_done()
+        elif connection in self.free:
+            self.free.remove(connection)
+
+    def _maybe_done(self) -> None:
+        if self.scheduled_all and not self.busy and not self.queue and not self.done.done():
+            self.done.set_result(None)
+
+
+async def run_load(host: str, port: int, requests: Sequence[bytes], spec: LoadSpec) -> LoadResult:
+    """Offer ``spec.rate`` requests/s of ``requests`` (cycled) to ``host:port``.
+
+    Args:
+        host: server address.
+        port: server port.
+        requests: complete HTTP/1.1 requests (head and body), sent in turn.
+        spec: rate, window, connections and bounds.
+    """
+    loop = asyncio.get_running_loop()
+    offsets = send_times(spec)
+    run = _Run(spec, requests)
+    connections = []
+    for _ in range(spec.connections):
+        _, protocol = await loop.create_connection(lambda: _Connection(run), host, port)
+        connections.append(protocol)
+    run.free = list(connections)
+    cpu_start = time.process_time()
+    start = time.perf_counter() + 0.05
+    run.window = (start + spec.warmup, start + spec.warmup + spec.duration)
+    index = 0
+    while index < len(offsets):
+        now = time.perf_counter()
+        while index < len(offsets) and start + offsets[index] <= now:
+            run.submit(start + offsets[index])  # catch up: every due request, at its own time
+            index += 1
+        if index < len(offsets):
+            await asyncio.sleep(max(0.0, start + offsets[index] - time.perf_counter()))
+    run.scheduled_all = True
+    run._maybe_done()
+    try:
+        await asyncio.wait_for(asyncio.shield(run.done), spec.drain_timeout)
+    except TimeoutError:
+        missing = [c.intended for c in run.busy] + [i for i, _ in run.queue]
+        run.result.errors += sum(run._in_window(moment) for moment in missing)
+    run.result.client_cpu_seconds = time.process_time() - cpu_start
+    for connection in connections:
+        if connection.transport is not None:
+            connection.transport.close()
+    return run.result
+
+
+def post_requests(host: str, path: str, bodies: Sequence[bytes]) -> list[bytes]:
+    """Pre-encoded ``POST path`` requests, one per JSON body."""
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    return [f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body for body in bodies]

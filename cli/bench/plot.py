@@ -1,0 +1,45 @@
+"""Latency percentiles against offered rate, one panel per model, one colour per worker count."""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cli.bench.sweep import Row
+
+PERCENTILES = (("p50_ms", "p50", ":"), ("p99_ms", "p99", "-"), ("p99.9_ms", "p99.9", "--"))
+
+
+def plot_sweeps(
+    path: Path, sweeps: Mapping[tuple[str, int], Sequence[Row]], slo_p99_ms: float
+) -> None:
+    """Write a small PNG: x = offered events/s, y = latency (ms, log), per (model, workers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a server
+    import matplotlib.pyplot as plt
+
+    models = sorted({model for model, _ in sweeps})
+    figure, axes = plt.subplots(
+        1, len(models), figsize=(5.0 * len(models), 3.6), squeeze=False, dpi=90
+    )
+    colours = {1: "tab:blue", 2: "tab:orange", 3: "tab:green", 4: "tab:red"}
+    for axis, model in zip(axes[0], models, strict=True):
+        for (name, workers), rows in sorted(sweeps.items()):
+            if name != model or not rows:
+                continue
+            offered = [float(row["offered_rps"]) for row in rows]
+            for key, label, style in PERCENTILES:
+                axis.plot(
+                    offered, [float(row[key]) for row in rows], style, marker=".",
+                    color=colours.get(workers, "black"), label=f"{workers} worker(s) {label}",
+                )  # fmt: skip
+        axis.axhline(slo_p99_ms, color="grey", linewidth=0.8)
+        axis.set(
+            title=f"{model}: POST /events (open loop)", xlabel="offered events/s",
+            ylabel="latency from intended send (ms)", yscale="log",
+        )  # fmt: skip
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)

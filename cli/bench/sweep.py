@@ -1,0 +1,185 @@
+"""Service-level sweep: start ``lrurec serve``, offer rising open-loop rates, find the knee.
+
+For each configuration (model × workers) a fresh ``lrurec serve`` runs as a subprocess on
+loopback with its embedded redis-server, users are pre-filled through ``/events/batch``, then
+``POST /events?k=<k>`` is offered at each rate in turn (see :mod:`cli.bench.loadgen`) until the
+service saturates. The knee is the highest offered rate that the service sustains (achieved ≥ 95 %
+of offered, no errors, nothing dropped) with p99 within the latency objective.
+"""
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.error import URLError
+
+import orjson
+import psutil
+
+from cli.bench.loadgen import LoadSpec, post_requests, run_load
+from service.embedded_redis import free_port
+
+HOST = "127.0.0.1"
+SUSTAINED = 0.95
+"""Achieved/offered ratio above which a rate counts as sustained."""
+SATURATED = 0.85
+"""Below this ratio (or with drops) the sweep stops: higher rates only queue more."""
+
+Row = dict[str, float | int | str]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What every configuration of one sweep shares."""
+
+    rates: tuple[float, ...]
+    duration: float = 8.0
+    warmup: float = 2.0
+    k: int = 10
+    users: int = 1000
+    prefill_events: int = 10
+    slo_p99_ms: float = 15.0
+    connections: int = 64
+    schedule: str = "poisson"
+
+
+def _http_json(port: int, method: str, path: str, body: bytes | None = None) -> object:
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}{path}", data=body, method=method,
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def start_server(artifact: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
+    """``lrurec serve`` in a subprocess (embedded Redis, no access log)."""
+    command = [
+        sys.executable, "-c", "from cli.main import app; app()", "serve",
+        "--port", str(port), "--artifact", str(artifact), "--workers", str(workers),
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(command)
+
+
+def wait_ready(server: subprocess.Popen[bytes], port: int, workers: int, timeout: float) -> None:
+    """Until ``/readyz`` answers 200 (several times for several workers) or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    answers = 0
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"lrurec serve exited with status {server.returncode}")
+        try:
+            _http_json(port, "GET", "/readyz")
+            answers += 1
+            if answers >= 4 * workers:
+                return
+        except (URLError, ConnectionError, OSError):
+            answers = 0
+        time.sleep(0.5)
+    raise RuntimeError(f"lrurec serve not ready on port {port} after {timeout:.0f} s")
+
+
+def prefill(port: int, item_ids: list[str], users: int, events_per_user: int) -> None:
+    """Give every user a history, so state reads and seen-item masking are realistic."""
+    rng = random.Random(1)
+    events = [
+        {"user_id": f"user-{user}", "item_id": rng.choice(item_ids)}
+        for _ in range(events_per_user)
+        for user in range(users)
+    ]
+    for start in range(0, len(events), 1000):
+        body = orjson.dumps({"events": events[start : start + 1000]})
+        _http_json(port, "POST", "/events/batch", body)
+
+
+def event_requests(item_ids: list[str], users: int, k: int, count: int = 8192) -> list[bytes]:
+    """Pre-encoded ``POST /events?k=k`` requests for random (user, item) pairs."""
+    rng = random.Random(2)
+    bodies = [
+        orjson.dumps({"user_id": f"user-{rng.randrange(users)}", "item_id": rng.choice(item_ids)})
+        for _ in range(count)
+    ]
+    return post_requests(HOST, f"/events?k={k}", bodies)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its children (workers, redis-server)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measure_rates(
+    server_pid: int, port: int, requests: list[bytes], spec: SweepSpec,
+    report: Callable[[Row], None],
+) -> list[Row]:  # fmt: skip
+    """One row per offered rate, rising until the service saturates."""
+    rows: list[Row] = []
+    for rate in spec.rates:
+        load = LoadSpec(
+            rate=rate, duration=spec.duration, warmup=spec.warmup,
+            connections=spec.connections, schedule=spec.schedule, drain_timeout=15.0,
+        )  # fmt: skip
+        cpu_before = tree_cpu_seconds(server_pid)
+        result = asyncio.run(run_load(HOST, port, requests, load))
+        server_cpu = tree_cpu_seconds(server_pid) - cpu_before
+        sent = max(1, round(rate * (spec.warmup + spec.duration)))
+        row: Row = {
+            **result.summary(),
+            "server_cpu_ms_per_event": round(server_cpu / sent * 1e3, 3),
+            "client_cpu_ms_per_event": round(result.client_cpu_seconds / sent * 1e3, 3),
+            "load_1m": round(psutil.getloadavg()[0], 2),
+        }
+        rows.append(row)
+        report(row)
+        if result.achieved_rate < SATURATED * rate or result.dropped:
+            break
+        time.sleep(1.0)
+    return rows
+
+
+def knee(rows: list[Row], slo_p99_ms: float) -> float | None:
+    """Highest offered rate sustained with p99 ≤ ``slo_p99_ms`` (None if none)."""
+    good = [
+        float(row["offered_rps"])
+        for row in rows
+        if float(row["achieved_rps"]) >= SUSTAINED * float(row["offered_rps"])
+        and row["errors"] == 0
+        and row["dropped"] == 0
+        and float(row["p99_ms"]) <= slo_p99_ms
+    ]
+    return max(good) if good else None
+
+
+def sweep_configuration(
+    artifact: Path, workers: int, item_ids: list[str], spec: SweepSpec,
+    report: Callable[[Row], None],
+) -> list[Row]:  # fmt: skip
+    """Start the service, pre-fill users, measure every rate, stop the service."""
+    port = free_port()
+    server = start_server(artifact, workers, port)
+    try:
+        wait_ready(server, port, workers, timeout=180.0)
+        prefill(port, item_ids, spec.users, spec.prefill_events)
+        requests = event_requests(item_ids, spec.users, spec.k)
+        return measure_rates(server.pid, port, requests, spec, report)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
