@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 
-from service.deps import EngineDep, WriteAccess
+from service.deps import EngineDep, WriteAccess, require_api_key
 from service.engine import Engine
 from service.errors import (
     REDIS_DOWN_MESSAGE,
@@ -42,6 +42,8 @@ EVENT_OPENAPI: dict[str, Any] = {
         {"name": "exclude_seen", "in": "query", "required": False,
          "schema": {"type": "boolean", "default": True, "title": "Exclude Seen"},
          "description": "Leave out the user's recent items."},
+        {"name": "x-api-key", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "Needed when LRUREC_API_KEY is set."},
     ],
     "requestBody": {
         "required": True,
@@ -52,12 +54,14 @@ EVENT_OPENAPI: dict[str, Any] = {
 
 @router.post(
     "/events", response_model=EventResult, response_model_exclude_none=True,
-    dependencies=[WriteAccess], tags=["events"], openapi_extra=EVENT_OPENAPI,
+    tags=["events"], openapi_extra=EVENT_OPENAPI,
 )  # fmt: skip
 async def post_event(request: Request) -> Response:
     """Apply one event (one model step) and return the user's fresh top-k."""
-    # Parsed by hand (service.parsing): FastAPI's per-request parameter handling cost more CPU
-    # than the model step. Same schema, same 422s naming the field.
+    # Parsed by hand (service.parsing), the key checked without a dependency: FastAPI's
+    # per-request parameter and dependency handling cost more CPU than the model step.
+    # Same schema, same 422s naming the field, same 401.
+    await require_api_key(request, request.headers.get("x-api-key"))
     engine: Engine = request.app.state.engine
     k, exclude_seen = parse_event_query(request.query_params, engine.settings.default_k)
     event = parse_event(await request.body())
