@@ -1,8 +1,10 @@
 """HTTP routes: validate, call the engine, return; errors are mapped in service.errors."""
 
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.routing import APIRoute
 
 from service.deps import EngineDep, WriteAccess, require_api_key
 from service.engine import Engine
@@ -52,10 +54,6 @@ EVENT_OPENAPI: dict[str, Any] = {
 }  # fmt: skip
 
 
-@router.post(
-    "/events", response_model=EventResult, response_model_exclude_none=True,
-    tags=["events"], openapi_extra=EVENT_OPENAPI,
-)  # fmt: skip
 async def post_event(request: Request) -> Response:
     """Apply one event (one model step) and return the user's fresh top-k."""
     # Parsed by hand (service.parsing), the key checked without a dependency: FastAPI's
@@ -67,6 +65,26 @@ async def post_event(request: Request) -> Response:
     event = parse_event(await request.body())
     result = await engine.apply_event(event, k, exclude_seen)
     return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+class RawRoute(APIRoute):
+    """A documented route whose endpoint takes the ``Request`` and returns a ``Response``.
+
+    OpenAPI still comes from ``response_model`` and ``openapi_extra``, but FastAPI's per-request
+    dependency and parameter solving (measured ~10 % of the CPU of an event) is skipped.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
+        return endpoint
+
+
+router.add_api_route(
+    "/events", post_event, methods=["POST"], response_model=EventResult,
+    response_model_exclude_none=True, tags=["events"], openapi_extra=EVENT_OPENAPI,
+    responses={422: {"description": "Invalid body or query; the message names the field."}},
+    route_class_override=RawRoute,
+)  # fmt: skip
 
 
 @router.post(
