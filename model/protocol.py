@@ -53,6 +53,7 @@ class RecurrentRecommender(Protocol):
         ...
 
     __call__: Any
+    training: bool
 
     def eval(self) -> Self: ...
 

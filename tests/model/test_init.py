@@ -6,6 +6,7 @@ import torch
 
 from model import LRURec, LRURecConfig
 from model.init import ring_init
+from model.layers import LRUBlock
 
 
 def test_ring_init_puts_every_decay_inside_the_ring() -> None:
@@ -25,6 +26,7 @@ def test_every_layer_starts_with_gamma_normalised_decays() -> None:
     torch.manual_seed(0)
     model = LRURec(LRURecConfig(n_items=30, d_model=32, r_min=0.5, r_max=0.9))
     for block in model.blocks:
+        assert isinstance(block, LRUBlock)
         decay_re, decay_im = block.lru.decay()
         modulus = torch.sqrt(decay_re**2 + decay_im**2)
         assert modulus.min() >= 0.5 - 1e-6

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from model import LRURec, LRURecConfig
+from model.layers import LRUBlock
 
 
 def test_short_training_loop_lowers_the_loss() -> None:
@@ -20,10 +21,11 @@ def test_short_training_loop_lowers_the_loss() -> None:
         logits = model.score(model(inputs))
         loss = F.cross_entropy(logits.reshape(-1, n_items + 1), targets.reshape(-1))
         optimiser.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     for block in model.blocks:
+        assert isinstance(block, LRUBlock)
         assert block.lru.nu_log.grad is not None
         assert block.lru.nu_log.grad.abs().sum() > 0
