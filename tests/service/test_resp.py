@@ -67,7 +67,7 @@ def test_script_errors_surface_as_response_errors(redis_url: str) -> None:
     async def body(client: ScriptClient) -> object:
         return await client.evalsha("0" * 40, "return redis.call('NOPE')", ("k",), [])
 
-    with pytest.raises(ResponseError, match="NOPE|Unknown"):
+    with pytest.raises(ResponseError, match=r"NOPE|Unknown"):
         run(redis_url, body)
 
 
