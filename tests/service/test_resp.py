@@ -76,7 +76,7 @@ def test_a_stalled_server_times_out_then_the_client_recovers(
 ) -> None:
     async def body(client: ScriptClient) -> object:
         assert await client.call("PING") == b"PONG"
-        redis_client.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        redis_client.client_pause(1500, all=True)
         with pytest.raises(RedisTimeoutError):
             await client.call("GET", "k")  # two tries of 0.3 s, both inside the pause
         await asyncio.sleep(1.5)
