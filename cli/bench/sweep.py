@@ -50,7 +50,7 @@ class SweepSpec:
     schedule: str = "poisson"
 
 
-def _run(coroutine: Coroutine[Any, Any, LoadResult]) -> LoadResult:
+def run_on_uvloop(coroutine: Coroutine[Any, Any, LoadResult]) -> LoadResult:
     """Run on uvloop when installed (the server runs on it too; a cheaper loop per request)."""
     try:
         import uvloop
@@ -144,7 +144,7 @@ def measure_rates(
             connections=spec.connections, schedule=spec.schedule, drain_timeout=15.0,
         )  # fmt: skip
         cpu_before = tree_cpu_seconds(server_pid)
-        result = _run(run_load(HOST, port, requests, load))
+        result = run_on_uvloop(run_load(HOST, port, requests, load))
         server_cpu = tree_cpu_seconds(server_pid) - cpu_before
         sent = max(1, round(rate * (spec.warmup + spec.duration)))
         row: Row = {

@@ -1,0 +1,108 @@
+"""Server CPU per event of ``POST /events?k=10`` at a fixed open-loop rate, for one or more trees.
+
+CPU time per event (user + system of the uvicorn worker, and separately of its embedded
+redis-server) is the number least disturbed by other jobs on a shared machine, so hot-path
+changes are compared with it. Each ``--tree`` is a checkout of this repository (for example a
+``git worktree`` of an older commit); its service runs under plain uvicorn with that tree first on
+``PYTHONPATH``, and the trees are measured in alternating rounds so that a change in machine load
+hits all of them alike. The load comes from ``cli.bench.loadgen`` of *this* tree.
+
+    git worktree add /tmp/before <commit>
+    python -m benchmarks.service_cpu --tree /tmp/before --tree . --rate 400 --rounds 3
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from cli.bench.artifacts import bench_artifact
+from cli.bench.loadgen import LoadSpec, run_load
+from cli.bench.sweep import HOST, event_requests, prefill, run_on_uvloop, wait_ready
+from service.embedded_redis import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start(tree: Path, artifact: Path, backend: str, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ, "PYTHONPATH": str(tree), "LRUREC_ARTIFACT": str(artifact),
+        "LRUREC_BACKEND": backend,
+    }  # fmt: skip
+    env.pop("LRUREC_REDIS_URL", None)  # the app starts its own embedded redis-server
+    command = [
+        sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+        "--port", str(port), "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    return subprocess.Popen(command, cwd=tree, env=env)
+
+
+def cpu(process: psutil.Process) -> tuple[float, float]:
+    """(worker, children) user + system CPU seconds."""
+    own = process.cpu_times()
+    children = sum(sum(c.cpu_times()[:2]) for c in process.children(recursive=True))
+    return own.user + own.system, children
+
+
+def measure(tree: Path, args: argparse.Namespace, artifact: Path) -> dict[str, float]:
+    port = free_port()
+    server = start(tree, artifact, args.backend, port)
+    try:
+        wait_ready(server, port, 1, timeout=180.0)
+        item_ids = [str(index) for index in range(1, 3417)]
+        prefill(port, item_ids, args.users, 10)
+        requests = event_requests(item_ids, args.users, args.k)
+        process = psutil.Process(server.pid)
+        spec = LoadSpec(rate=args.rate, duration=args.duration, warmup=1.0, drain_timeout=15.0)
+        before = cpu(process)
+        result = run_on_uvloop(run_load(HOST, port, requests, spec))
+        after = cpu(process)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    sent = args.rate * (spec.duration + spec.warmup)
+    return {
+        "worker_ms": (after[0] - before[0]) / sent * 1e3,
+        "redis_ms": (after[1] - before[1]) / sent * 1e3,
+        "achieved": result.achieved_rate,
+        "p99_ms": result.percentile_ms(99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tree", type=Path, action="append", help="repository checkout(s)")
+    parser.add_argument("--backend", default="torch", help="LRUREC_BACKEND of the service")
+    parser.add_argument("--rate", type=float, default=400.0, help="offered events/s")
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--k", type=int, default=10)
+    args = parser.parse_args()
+    trees = [tree.resolve() for tree in (args.tree or [REPO])]
+    artifact = bench_artifact(REPO / "benchmarks" / "out" / "service_bench", "lrurec")
+    samples: dict[Path, list[dict[str, float]]] = {tree: [] for tree in trees}
+    for _ in range(args.rounds):
+        for tree in trees:
+            samples[tree].append(measure(tree, args, artifact))
+            time.sleep(1.0)
+    print(f"rate {args.rate:.0f}/s, backend {args.backend}, load {os.getloadavg()}")
+    print("| tree | worker CPU ms/event | redis-server CPU ms/event | achieved/s | p99 ms |")
+    print("| --- | --- | --- | --- | --- |")
+    for tree, rows in samples.items():
+        med = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        print(
+            f"| {tree} | {med['worker_ms']:.3f} | {med['redis_ms']:.3f} | "
+            f"{med['achieved']:.0f} | {med['p99_ms']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
