@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.bench.artifacts import MODELS, bench_artifact
+from cli.bench.artifacts import ML1M_ITEMS, MODELS, bench_artifact
 from cli.bench.sweep import Row, SweepSpec, knee, sweep_configuration
 
 DEFAULT_RATES = "100,200,400,700,1000,1500,2000,2500,3000,4000"
@@ -63,6 +63,13 @@ def bench(
     users: Annotated[int, typer.Option(min=1, help="Distinct users (pre-filled).")] = 1000,
     slo_p99_ms: Annotated[float, typer.Option(help="p99 objective defining the knee.")] = 15.0,
     schedule: Annotated[str, typer.Option(help="Arrivals: poisson or uniform.")] = "poisson",
+    lrurec_backend: Annotated[
+        str,
+        typer.Option(
+            help="LRUREC_BACKEND of the LRURec servers: onnx (fastest on CPU) or torch. SASRec "
+            "recompute always runs in torch."
+        ),
+    ] = "onnx",
     out: Annotated[Path, typer.Option(help="Artifacts and results JSON go here.")] = Path(
         "benchmarks/out/service_bench"
     ),
@@ -90,19 +97,9 @@ def bench(
         slo_p99_ms=slo_p99_ms,
         schedule=schedule,
     )
-    item_ids = [str(index) for index in range(1, 3417)]
-    sweeps: dict[tuple[str, int], list[Row]] = {}
-    for model in models.split(","):
-        artifact = bench_artifact(out, model)
-        for count in (int(w) for w in workers.split(",")):
-            typer.echo(f"\n## {model}, {count} worker(s)")
-            rows = sweep_configuration(
-                artifact, count, item_ids, spec, lambda row: typer.echo(json.dumps(row))
-            )
-            sweeps[(model, count)] = rows
-            typer.echo(
-                _table(rows) + f"\nknee (p99 ≤ {slo_p99_ms} ms): {knee(rows, slo_p99_ms)} events/s"
-            )
+    sweeps = _sweep_all(
+        models.split(","), [int(w) for w in workers.split(",")], lrurec_backend, spec, out
+    )
     results = {f"{m}/{w}": {"rows": r, "knee": knee(r, slo_p99_ms)} for (m, w), r in sweeps.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -111,3 +108,23 @@ def bench(
 
         plot_sweeps(plot, sweeps, slo_p99_ms)
         typer.echo(f"plot: {plot}")
+
+
+def _sweep_all(
+    models: list[str], workers: list[int], lrurec_backend: str, spec: SweepSpec, out: Path
+) -> dict[tuple[str, int], list[Row]]:
+    """Every (model, workers) configuration in turn, each printed as it completes."""
+    item_ids = [str(index) for index in range(1, ML1M_ITEMS + 1)]
+    sweeps: dict[tuple[str, int], list[Row]] = {}
+    for model in models:
+        artifact = bench_artifact(out, model)
+        backend = lrurec_backend if model == "lrurec" else "torch"
+        for count in workers:
+            typer.echo(f"\n## {model} ({backend}), {count} worker(s)")
+            rows = sweep_configuration(
+                artifact, count, backend, item_ids, spec, lambda row: typer.echo(json.dumps(row))
+            )
+            sweeps[(model, count)] = rows
+            typer.echo(_table(rows))
+            typer.echo(f"knee (p99 ≤ {spec.slo_p99_ms} ms): {knee(rows, spec.slo_p99_ms)} events/s")
+    return sweeps

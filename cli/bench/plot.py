@@ -16,6 +16,7 @@ def plot_sweeps(
 
     matplotlib.use("Agg")  # files only; no display on a server
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     models = sorted({model for model, _ in sweeps})
     figure, axes = plt.subplots(
@@ -32,11 +33,14 @@ def plot_sweeps(
                     offered, [float(row[key]) for row in rows], style, marker=".",
                     color=colours.get(workers, "black"), label=f"{workers} worker(s) {label}",
                 )  # fmt: skip
-        axis.axhline(slo_p99_ms, color="grey", linewidth=0.8)
+        axis.axhline(
+            slo_p99_ms, color="grey", linewidth=0.8, label=f"p99 objective {slo_p99_ms:g} ms"
+        )
         axis.set(
             title=f"{model}: POST /events (open loop)", xlabel="offered events/s",
             ylabel="latency from intended send (ms)", yscale="log",
         )  # fmt: skip
+        axis.yaxis.set_major_formatter(ScalarFormatter())
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout()

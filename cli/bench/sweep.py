@@ -9,6 +9,7 @@ of offered, no errors, nothing dropped) with p99 within the latency objective.
 
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -68,14 +69,18 @@ def _http_json(port: int, method: str, path: str, body: bytes | None = None) -> 
         return json.loads(response.read())
 
 
-def start_server(artifact: Path, workers: int, port: int) -> subprocess.Popen[bytes]:
-    """``lrurec serve`` in a subprocess (embedded Redis, no access log)."""
+def start_server(
+    artifact: Path, workers: int, port: int, backend: str = "torch"
+) -> subprocess.Popen[bytes]:
+    """``lrurec serve`` in a subprocess (embedded Redis, no access log, ``LRUREC_BACKEND``)."""
     command = [
         sys.executable, "-c", "from cli.main import app; app()", "serve",
         "--port", str(port), "--artifact", str(artifact), "--workers", str(workers),
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    return subprocess.Popen(command)
+    env = {**os.environ, "LRUREC_BACKEND": backend}
+    env.pop("LRUREC_REDIS_URL", None)  # its own embedded redis-server, fresh per configuration
+    return subprocess.Popen(command, env=env)
 
 
 def wait_ready(server: subprocess.Popen[bytes], port: int, workers: int, timeout: float) -> None:
@@ -175,12 +180,12 @@ def knee(rows: list[Row], slo_p99_ms: float) -> float | None:
 
 
 def sweep_configuration(
-    artifact: Path, workers: int, item_ids: list[str], spec: SweepSpec,
+    artifact: Path, workers: int, backend: str, item_ids: list[str], spec: SweepSpec,
     report: Callable[[Row], None],
 ) -> list[Row]:  # fmt: skip
     """Start the service, pre-fill users, measure every rate, stop the service."""
     port = free_port()
-    server = start_server(artifact, workers, port)
+    server = start_server(artifact, workers, port, backend)
     try:
         wait_ready(server, port, workers, timeout=180.0)
         prefill(port, item_ids, spec.users, spec.prefill_events)
