@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from model import Artifact
 from service import telemetry
+from service.batching import MicroBatcher
 from service.errors import ContentionError, NotFoundError
 from service.runtime import FloatArray, Stepper, top_k_numpy
 from service.schemas import (
@@ -56,6 +57,7 @@ class Engine:
         else:
             self._cold_scores = artifact.popularity.numpy().astype(np.float32)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._batcher = MicroBatcher(stepper) if settings.micro_batch else None
 
     @property
     def n_items(self) -> int:
@@ -101,8 +103,10 @@ class Engine:
         hidden, states = self.stepper.prefill(np.asarray([known], dtype=np.int64))
         return states[0], hidden[0], True
 
-    def _step(self, index: int, state: FloatArray | None) -> tuple[FloatArray, FloatArray]:
+    async def _step(self, index: int, state: FloatArray | None) -> tuple[FloatArray, FloatArray]:
         base = state if state is not None else np.zeros(self._state_shape, dtype=np.float32)
+        if self._batcher is not None:
+            return await self._batcher.step(index, base)
         with telemetry.MODEL_STEP_SECONDS.time():
             hidden, states = self.stepper.step(np.asarray([index], dtype=np.int64), base[None])
         return hidden[0], states[0]
@@ -121,7 +125,7 @@ class Engine:
                     hidden,
                 )
             if index is not None:
-                hidden, state = self._step(index, state)
+                hidden, state = await self._step(index, state)
             write_state = state is not None and (index is not None or rebuilt)
             write = Write(
                 expected_version=snap.version,
@@ -163,7 +167,7 @@ class Engine:
         recommendations = None
         if k > 0:
             seen = snap.history if duplicate else [*snap.history, event.item_id]
-            _, recommendations = self._top_k(hidden, k, seen if exclude_seen else [])
+            _, recommendations = await self._top_k(hidden, k, seen if exclude_seen else [])
         return EventResult(
             user_id=event.user_id,
             applied=reason is None,
@@ -173,17 +177,20 @@ class Engine:
             recommendations=recommendations,
         )
 
-    def _top_k(
+    async def _top_k(
         self, hidden: FloatArray | None, k: int, seen: Sequence[str]
     ) -> tuple[bool, list[ScoredItem]]:
         """(cold_start, items): the model's top-k for ``hidden``, or the cold-start list."""
         exclude = self._known(seen)
-        with telemetry.SCORE_SECONDS.time():
-            if hidden is None:
-                telemetry.COLD_STARTS.inc()
-                indices, scores = top_k_numpy(self._cold_scores, k, exclude)
-            else:
-                indices, scores = self.stepper.top_k(hidden[None], k, [exclude])[0]
+        if hidden is not None and self._batcher is not None:
+            indices, scores = await self._batcher.top_k(hidden, k, exclude)
+        else:
+            with telemetry.SCORE_SECONDS.time():
+                if hidden is None:
+                    telemetry.COLD_STARTS.inc()
+                    indices, scores = top_k_numpy(self._cold_scores, k, exclude)
+                else:
+                    indices, scores = self.stepper.top_k(hidden[None], k, [exclude])[0]
         items = [
             ScoredItem(item_id=self.item_ids[i - 1], score=float(s))
             for i, s in zip(indices.tolist(), scores.tolist(), strict=True)
@@ -205,7 +212,7 @@ class Engine:
             result = await self.store.write(user_id, write, operation="rebuild")
             if result.status == WriteStatus.WRITTEN:  # a concurrent writer rebuilt it already
                 telemetry.STATE_REBUILDS.inc()
-        cold, items = self._top_k(hidden, k, snap.history if exclude_seen else [])
+        cold, items = await self._top_k(hidden, k, snap.history if exclude_seen else [])
         return Recommendations(
             user_id=user_id,
             model_version=self.model_version,

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     max_event_ids: int = Field(
         default=1000, ge=1, description="Event ids remembered per user for de-duplication."
     )
+    micro_batch: bool = Field(
+        default=False,
+        description="Run the model steps and top-k's of concurrent events as one batched call "
+        "per event-loop iteration (helps under load, costs a little at low load).",
+    )
     cas_max_retries: int = Field(default=32, ge=1, le=1000)
     batch_concurrency: int = Field(default=16, ge=1, le=256)
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
