@@ -29,10 +29,12 @@ from service.embedded_redis import free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start(tree: Path, artifact: Path, backend: str, port: int) -> subprocess.Popen[bytes]:
+def start(
+    tree: Path, artifact: Path, backend: str, port: int, micro_batch: bool
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "PYTHONPATH": str(tree), "LRUREC_ARTIFACT": str(artifact),
-        "LRUREC_BACKEND": backend,
+        "LRUREC_BACKEND": backend, "LRUREC_MICRO_BATCH": str(micro_batch).lower(),
     }  # fmt: skip
     env.pop("LRUREC_REDIS_URL", None)  # the app starts its own embedded redis-server
     command = [
@@ -49,9 +51,11 @@ def cpu(process: psutil.Process) -> tuple[float, float]:
     return own.user + own.system, children
 
 
-def measure(tree: Path, args: argparse.Namespace, artifact: Path) -> dict[str, float]:
+def measure(
+    tree: Path, micro_batch: bool, args: argparse.Namespace, artifact: Path
+) -> dict[str, float]:
     port = free_port()
-    server = start(tree, artifact, args.backend, port)
+    server = start(tree, artifact, args.backend, port, micro_batch)
     try:
         wait_ready(server, port, 1, timeout=180.0)
         item_ids = [str(index) for index in range(1, 3417)]
@@ -85,21 +89,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument(
+        "--micro-batch", choices=["off", "on", "both"], default="off",
+        help="LRUREC_MICRO_BATCH of the service; both = measure each tree with and without",
+    )  # fmt: skip
     args = parser.parse_args()
     trees = [tree.resolve() for tree in (args.tree or [REPO])]
     artifact = bench_artifact(REPO / "benchmarks" / "out" / "service_bench", "lrurec")
-    samples: dict[Path, list[dict[str, float]]] = {tree: [] for tree in trees}
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.micro_batch]
+    variants = [(tree, mode) for tree in trees for mode in modes]
+    samples: dict[tuple[Path, bool], list[dict[str, float]]] = {v: [] for v in variants}
     for _ in range(args.rounds):
-        for tree in trees:
-            samples[tree].append(measure(tree, args, artifact))
+        for tree, mode in variants:
+            samples[(tree, mode)].append(measure(tree, mode, args, artifact))
             time.sleep(1.0)
     print(f"rate {args.rate:.0f}/s, backend {args.backend}, load {os.getloadavg()}")
-    print("| tree | worker CPU ms/event | redis-server CPU ms/event | achieved/s | p99 ms |")
-    print("| --- | --- | --- | --- | --- |")
-    for tree, rows in samples.items():
+    print("| tree | micro-batch | worker CPU ms/event | redis-server CPU ms/event | achieved/s "
+          "| p99 ms |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (tree, mode), rows in samples.items():
         med = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
         print(
-            f"| {tree} | {med['worker_ms']:.3f} | {med['redis_ms']:.3f} | "
+            f"| {tree} | {'on' if mode else 'off'} | {med['worker_ms']:.3f} | "
+            f"{med['redis_ms']:.3f} | "
             f"{med['achieved']:.0f} | {med['p99_ms']:.1f} |"
         )
 
