@@ -70,6 +70,12 @@ def bench(
             "recompute always runs in torch."
         ),
     ] = "onnx",
+    micro_batch: Annotated[
+        bool,
+        typer.Option(
+            help="LRUREC_MICRO_BATCH of every server: batch concurrent events' model calls."
+        ),
+    ] = False,
     out: Annotated[Path, typer.Option(help="Artifacts and results JSON go here.")] = Path(
         "benchmarks/out/service_bench"
     ),
@@ -98,8 +104,9 @@ def bench(
         schedule=schedule,
     )
     sweeps = _sweep_all(
-        models.split(","), [int(w) for w in workers.split(",")], lrurec_backend, spec, out
-    )
+        models.split(","), [int(w) for w in workers.split(",")], lrurec_backend, micro_batch,
+        spec, out,
+    )  # fmt: skip
     results = {f"{m}/{w}": {"rows": r, "knee": knee(r, slo_p99_ms)} for (m, w), r in sweeps.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -111,8 +118,9 @@ def bench(
 
 
 def _sweep_all(
-    models: list[str], workers: list[int], lrurec_backend: str, spec: SweepSpec, out: Path
-) -> dict[tuple[str, int], list[Row]]:
+    models: list[str], workers: list[int], lrurec_backend: str, micro_batch: bool,
+    spec: SweepSpec, out: Path,
+) -> dict[tuple[str, int], list[Row]]:  # fmt: skip
     """Every (model, workers) configuration in turn, each printed as it completes."""
     item_ids = [str(index) for index in range(1, ML1M_ITEMS + 1)]
     sweeps: dict[tuple[str, int], list[Row]] = {}
@@ -120,9 +128,11 @@ def _sweep_all(
         artifact = bench_artifact(out, model)
         backend = lrurec_backend if model == "lrurec" else "torch"
         for count in workers:
-            typer.echo(f"\n## {model} ({backend}), {count} worker(s)")
+            batching = ", micro-batching" if micro_batch else ""
+            typer.echo(f"\n## {model} ({backend}{batching}), {count} worker(s)")
+            settings = {"LRUREC_BACKEND": backend, "LRUREC_MICRO_BATCH": str(micro_batch).lower()}
             rows = sweep_configuration(
-                artifact, count, backend, item_ids, spec, lambda row: typer.echo(json.dumps(row))
+                artifact, count, settings, item_ids, spec, lambda row: typer.echo(json.dumps(row))
             )
             sweeps[(model, count)] = rows
             typer.echo(_table(rows))

@@ -70,15 +70,16 @@ def _http_json(port: int, method: str, path: str, body: bytes | None = None) -> 
 
 
 def start_server(
-    artifact: Path, workers: int, port: int, backend: str = "torch"
+    artifact: Path, workers: int, port: int, settings: dict[str, str]
 ) -> subprocess.Popen[bytes]:
-    """``lrurec serve`` in a subprocess (embedded Redis, no access log, ``LRUREC_BACKEND``)."""
+    """``lrurec serve`` in a subprocess (embedded Redis, no access log) with extra ``LRUREC_*``
+    environment ``settings``."""
     command = [
         sys.executable, "-c", "from cli.main import app; app()", "serve",
         "--port", str(port), "--artifact", str(artifact), "--workers", str(workers),
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    env = {**os.environ, "LRUREC_BACKEND": backend}
+    env = {**os.environ, **settings}
     env.pop("LRUREC_REDIS_URL", None)  # its own embedded redis-server, fresh per configuration
     return subprocess.Popen(command, env=env)
 
@@ -180,12 +181,12 @@ def knee(rows: list[Row], slo_p99_ms: float) -> float | None:
 
 
 def sweep_configuration(
-    artifact: Path, workers: int, backend: str, item_ids: list[str], spec: SweepSpec,
+    artifact: Path, workers: int, settings: dict[str, str], item_ids: list[str], spec: SweepSpec,
     report: Callable[[Row], None],
 ) -> list[Row]:  # fmt: skip
     """Start the service, pre-fill users, measure every rate, stop the service."""
     port = free_port()
-    server = start_server(artifact, workers, port, backend)
+    server = start_server(artifact, workers, port, settings)
     try:
         wait_ready(server, port, workers, timeout=180.0)
         prefill(port, item_ids, spec.users, spec.prefill_events)
