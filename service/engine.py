@@ -163,7 +163,7 @@ class Engine:
             raise
         duplicate = result.status == WriteStatus.DUPLICATE
         reason = "duplicate" if duplicate else None if index is not None else "unknown_item"
-        telemetry.EVENTS.labels(reason or "applied").inc()
+        telemetry.event_counter(reason or "applied").inc()
         recommendations = None
         if k > 0:
             seen = snap.history if duplicate else [*snap.history, event.item_id]

@@ -102,6 +102,18 @@ def _redis_histogram(operation: str) -> Histogram:
     return REDIS_SECONDS.labels(operation)
 
 
+@functools.cache
+def _http_histogram(route: str, method: str, status: str) -> Histogram:
+    # Bounded: route templates (never raw paths) × methods × status classes.
+    return HTTP_DURATION.labels(route, method, status)
+
+
+@functools.cache
+def event_counter(outcome: str) -> Counter:
+    """The ``lrurec_events_total`` child of ``outcome``, looked up once."""
+    return EVENTS.labels(outcome)
+
+
 def redis_timer(operation: str) -> Timer:
     """Context manager observing one Redis round trip into ``lrurec_redis_seconds``."""
     return _redis_histogram(operation).time()
@@ -167,6 +179,6 @@ class HTTPMetricsMiddleware:
         finally:
             # The router stores the matched route in the (shared) scope.
             route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-            HTTP_DURATION.labels(route, scope["method"], f"{status // 100}xx").observe(
+            _http_histogram(route, scope["method"], f"{status // 100}xx").observe(
                 time.perf_counter() - start
             )
