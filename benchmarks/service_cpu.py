@@ -64,7 +64,7 @@ def measure(
         process = psutil.Process(server.pid)
         spec = LoadSpec(rate=args.rate, duration=args.duration, warmup=1.0, drain_timeout=15.0)
         before = cpu(process)
-        result = run_on_uvloop(run_load(HOST, port, requests, spec))
+        result = run_on_uvloop(run_load([(HOST, port)], requests, spec))
         after = cpu(process)
     finally:
         server.terminate()

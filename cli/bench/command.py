@@ -70,6 +70,15 @@ def bench(
             "recompute always runs in torch."
         ),
     ] = "onnx",
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also run N single-worker `lrurec serve` replicas on their own ports sharing "
+            "one redis-server, connections spread evenly (0 = skip). uvicorn's workers share "
+            "one listening socket, so keep-alive connections can pile onto one worker.",
+        ),
+    ] = 2,
     micro_batch: Annotated[
         bool,
         typer.Option(
@@ -103,10 +112,10 @@ def bench(
         slo_p99_ms=slo_p99_ms,
         schedule=schedule,
     )
-    sweeps = _sweep_all(
-        models.split(","), [int(w) for w in workers.split(",")], lrurec_backend, micro_batch,
-        spec, out,
-    )  # fmt: skip
+    layouts = [(f"{w} worker{'s' if int(w) > 1 else ''}", int(w), 1) for w in workers.split(",")]
+    if replicas > 1:
+        layouts.append((f"{replicas} replicas", 1, replicas))
+    sweeps = _sweep_all(models.split(","), layouts, lrurec_backend, micro_batch, spec, out)
     results = {f"{m}/{w}": {"rows": r, "knee": knee(r, slo_p99_ms)} for (m, w), r in sweeps.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -118,23 +127,27 @@ def bench(
 
 
 def _sweep_all(
-    models: list[str], workers: list[int], lrurec_backend: str, micro_batch: bool,
-    spec: SweepSpec, out: Path,
-) -> dict[tuple[str, int], list[Row]]:  # fmt: skip
-    """Every (model, workers) configuration in turn, each printed as it completes."""
+    models: list[str], layouts: list[tuple[str, int, int]], lrurec_backend: str,
+    micro_batch: bool, spec: SweepSpec, out: Path,
+) -> dict[tuple[str, str], list[Row]]:  # fmt: skip
+    """Every (model, layout) configuration in turn, each printed as it completes.
+
+    A layout is ``(label, workers per process, processes)``.
+    """
     item_ids = [str(index) for index in range(1, ML1M_ITEMS + 1)]
-    sweeps: dict[tuple[str, int], list[Row]] = {}
+    sweeps: dict[tuple[str, str], list[Row]] = {}
     for model in models:
         artifact = bench_artifact(out, model)
         backend = lrurec_backend if model == "lrurec" else "torch"
-        for count in workers:
+        for label, workers, replicas in layouts:
             batching = ", micro-batching" if micro_batch else ""
-            typer.echo(f"\n## {model} ({backend}{batching}), {count} worker(s)")
+            typer.echo(f"\n## {model} ({backend}{batching}), {label}")
             settings = {"LRUREC_BACKEND": backend, "LRUREC_MICRO_BATCH": str(micro_batch).lower()}
             rows = sweep_configuration(
-                artifact, count, settings, item_ids, spec, lambda row: typer.echo(json.dumps(row))
-            )
-            sweeps[(model, count)] = rows
+                artifact, workers, replicas, settings, item_ids, spec,
+                lambda row: typer.echo(json.dumps(row)),
+            )  # fmt: skip
+            sweeps[(model, label)] = rows
             typer.echo(_table(rows))
             typer.echo(f"knee (p99 ≤ {spec.slo_p99_ms} ms): {knee(rows, spec.slo_p99_ms)} events/s")
     return sweeps

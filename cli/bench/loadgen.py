@@ -38,6 +38,10 @@ class LoadSpec:
     drain_timeout: float = 5.0
     """Seconds to wait for outstanding answers after the last send; late ones are errors."""
     seed: int = 0
+    connect_interval: float = 0.01
+    """Pause between opening connections: a burst of connects is accepted by whichever server
+    process wakes first (uvicorn's workers share one listening socket), pinning every
+    keep-alive connection to one worker; spaced out, they spread over the workers."""
 
 
 @dataclass
@@ -194,12 +198,13 @@ class _Run:
             self.done.set_result(None)
 
 
-async def run_load(host: str, port: int, requests: Sequence[bytes], spec: LoadSpec) -> LoadResult:
-    """Offer ``spec.rate`` requests/s of ``requests`` (cycled) to ``host:port``.
+async def run_load(
+    addresses: Sequence[tuple[str, int]], requests: Sequence[bytes], spec: LoadSpec
+) -> LoadResult:
+    """Offer ``spec.rate`` requests/s of ``requests`` (cycled) to the servers at ``addresses``.
 
     Args:
-        host: server address.
-        port: server port.
+        addresses: ``(host, port)`` of each server; connections are spread over them in turn.
         requests: complete HTTP/1.1 requests (head and body), sent in turn.
         spec: rate, window, connections and bounds.
     """
@@ -207,9 +212,11 @@ async def run_load(host: str, port: int, requests: Sequence[bytes], spec: LoadSp
     offsets = send_times(spec)
     run = _Run(spec, requests)
     connections = []
-    for _ in range(spec.connections):
+    for number in range(spec.connections):
+        host, port = addresses[number % len(addresses)]
         _, protocol = await loop.create_connection(lambda: _Connection(run), host, port)
         connections.append(protocol)
+        await asyncio.sleep(spec.connect_interval)
     run.free = list(connections)
     cpu_start = time.process_time()
     start = time.perf_counter() + 0.05

@@ -1,4 +1,4 @@
-"""Latency percentiles against offered rate, one panel per model, one colour per worker count."""
+"""Latency percentiles against offered rate, one panel per model, one colour per layout."""
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9,9 +9,9 @@ PERCENTILES = (("p50_ms", "p50", ":"), ("p99_ms", "p99", "-"), ("p99.9_ms", "p99
 
 
 def plot_sweeps(
-    path: Path, sweeps: Mapping[tuple[str, int], Sequence[Row]], slo_p99_ms: float
+    path: Path, sweeps: Mapping[tuple[str, str], Sequence[Row]], slo_p99_ms: float
 ) -> None:
-    """Write a small PNG: x = offered events/s, y = latency (ms, log), per (model, workers)."""
+    """Write a small PNG: x = offered events/s, y = latency (ms, log), per (model, layout)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on a server
@@ -22,16 +22,17 @@ def plot_sweeps(
     figure, axes = plt.subplots(
         1, len(models), figsize=(5.0 * len(models), 3.6), squeeze=False, dpi=90
     )
-    colours = {1: "tab:blue", 2: "tab:orange", 3: "tab:green", 4: "tab:red"}
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    colours = {label: palette[n % 5] for n, label in enumerate(sorted({lb for _, lb in sweeps}))}
     for axis, model in zip(axes[0], models, strict=True):
-        for (name, workers), rows in sorted(sweeps.items()):
+        for (name, layout), rows in sorted(sweeps.items()):
             if name != model or not rows:
                 continue
             offered = [float(row["offered_rps"]) for row in rows]
             for key, label, style in PERCENTILES:
                 axis.plot(
                     offered, [float(row[key]) for row in rows], style, marker=".",
-                    color=colours.get(workers, "black"), label=f"{workers} worker(s) {label}",
+                    color=colours[layout], label=f"{layout} {label}",
                 )  # fmt: skip
         axis.axhline(
             slo_p99_ms, color="grey", linewidth=0.8, label=f"p99 objective {slo_p99_ms:g} ms"

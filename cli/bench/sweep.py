@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import orjson
 import psutil
 
 from cli.bench.loadgen import LoadResult, LoadSpec, post_requests, run_load
-from service.embedded_redis import free_port
+from service.embedded_redis import EmbeddedRedis, free_port
 
 HOST = "127.0.0.1"
 SUSTAINED = 0.95
@@ -80,7 +81,8 @@ def start_server(
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     env = {**os.environ, **settings}
-    env.pop("LRUREC_REDIS_URL", None)  # its own embedded redis-server, fresh per configuration
+    if "LRUREC_REDIS_URL" not in settings:
+        env.pop("LRUREC_REDIS_URL", None)  # its own embedded redis-server, fresh each time
     return subprocess.Popen(command, env=env)
 
 
@@ -125,21 +127,29 @@ def event_requests(item_ids: list[str], users: int, k: int, count: int = 8192) -
     return post_requests(HOST, f"/events?k={k}", bodies)
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and all its children (workers, redis-server)."""
-    root = psutil.Process(pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
+def process_cpu(roots: Sequence[int]) -> dict[int, float]:
+    """User + system CPU seconds of each process in the trees under ``roots``."""
+    seconds: dict[int, float] = {}
+    for pid in roots:
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def _split(before: dict[int, float], after: dict[int, float]) -> str:
+    """Shares (%) of the busiest processes, e.g. ``"51/44/5"``: workers, then redis-server."""
+    used = sorted((after[pid] - before.get(pid, 0.0) for pid in after), reverse=True)
+    total = sum(used) or 1.0
+    return "/".join(f"{100 * part / total:.0f}" for part in used if part / total >= 0.02)
 
 
 def measure_rates(
-    server_pid: int, port: int, requests: list[bytes], spec: SweepSpec,
+    roots: Sequence[int], ports: Sequence[int], requests: list[bytes], spec: SweepSpec,
     report: Callable[[Row], None],
 ) -> list[Row]:  # fmt: skip
     """One row per offered rate, rising until the service saturates."""
@@ -149,14 +159,16 @@ def measure_rates(
             rate=rate, duration=spec.duration, warmup=spec.warmup,
             connections=spec.connections, schedule=spec.schedule, drain_timeout=15.0,
         )  # fmt: skip
-        cpu_before = tree_cpu_seconds(server_pid)
-        result = run_on_uvloop(run_load(HOST, port, requests, load))
-        server_cpu = tree_cpu_seconds(server_pid) - cpu_before
+        before = process_cpu(roots)
+        result = run_on_uvloop(run_load([(HOST, port) for port in ports], requests, load))
+        after = process_cpu(roots)
+        server_cpu = sum(after.values()) - sum(before.get(pid, 0.0) for pid in after)
         sent = max(1, round(rate * (spec.warmup + spec.duration)))
         row: Row = {
             **result.summary(),
             "server_cpu_ms_per_event": round(server_cpu / sent * 1e3, 3),
             "client_cpu_ms_per_event": round(result.client_cpu_seconds / sent * 1e3, 3),
+            "cpu_split_pct": _split(before, after),
             "load_1m": round(psutil.getloadavg()[0], 2),
         }
         rows.append(row)
@@ -180,22 +192,38 @@ def knee(rows: list[Row], slo_p99_ms: float) -> float | None:
     return max(good) if good else None
 
 
-def sweep_configuration(
-    artifact: Path, workers: int, settings: dict[str, str], item_ids: list[str], spec: SweepSpec,
-    report: Callable[[Row], None],
-) -> list[Row]:  # fmt: skip
-    """Start the service, pre-fill users, measure every rate, stop the service."""
-    port = free_port()
-    server = start_server(artifact, workers, port, settings)
+def _stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
     try:
-        wait_ready(server, port, workers, timeout=180.0)
-        prefill(port, item_ids, spec.users, spec.prefill_events)
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+def sweep_configuration(
+    artifact: Path, workers: int, replicas: int, settings: dict[str, str],
+    item_ids: list[str], spec: SweepSpec, report: Callable[[Row], None],
+) -> list[Row]:  # fmt: skip
+    """Start the service, pre-fill users, measure every rate, stop the service.
+
+    ``replicas > 1`` starts that many ``lrurec serve --workers <workers>`` processes on their own
+    ports sharing one redis-server, and the load generator spreads its connections over them
+    evenly (as a load balancer would); otherwise one process serves on one port.
+    """
+    with ExitStack() as stack:
+        extra_roots: list[int] = []
+        if replicas > 1:
+            redis = stack.enter_context(EmbeddedRedis())
+            settings = {**settings, "LRUREC_REDIS_URL": redis.url}
+            extra_roots = [redis.pid] if redis.pid is not None else []
+        ports = [free_port() for _ in range(max(1, replicas))]
+        servers = [start_server(artifact, workers, port, settings) for port in ports]
+        for server in servers:
+            stack.callback(_stop, server)
+        for server, port in zip(servers, ports, strict=True):
+            wait_ready(server, port, workers, timeout=180.0)
+        prefill(ports[0], item_ids, spec.users, spec.prefill_events)
         requests = event_requests(item_ids, spec.users, spec.k)
-        return measure_rates(server.pid, port, requests, spec, report)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        roots = [server.pid for server in servers] + extra_roots
+        return measure_rates(roots, ports, requests, spec, report)

@@ -35,7 +35,7 @@ def offer(handler_factory: Callable[[], Handler], spec: LoadSpec) -> LoadResult:
         port = server.sockets[0].getsockname()[1]
         requests = post_requests("127.0.0.1", "/events", [b'{"a":1}', b'{"a":2}'])
         try:
-            return await run_load("127.0.0.1", port, requests, spec)
+            return await run_load([("127.0.0.1", port)], requests, spec)
         finally:
             server.close()
 
