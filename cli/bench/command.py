@@ -14,8 +14,12 @@ DEFAULT_RATES = "100,200,400,700,1000,1500,2000,2500,3000,4000"
 
 
 def _model_level(extra: list[str]) -> None:
+    # benchmarks/ is a repository directory, not part of the installed package: found from the
+    # current directory when that is a checkout.
+    if (Path.cwd() / "benchmarks" / "bench_model.py").is_file() and str(Path.cwd()) not in sys.path:
+        sys.path.append(str(Path.cwd()))
     try:
-        from benchmarks import bench_model  # a repository script, absent from an installed wheel
+        from benchmarks import bench_model
     except ImportError:
         typer.echo(
             "model-level benchmark skipped: benchmarks/bench_model.py is not importable "
