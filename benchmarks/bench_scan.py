@@ -13,20 +13,20 @@ from benchmarks.timing import median_seconds, repeats_for
 from model import LRURec, LRURecConfig
 from model.scan import loop_scan, parallel_scan, sequential_scan
 
-BATCH, CHANNELS = 16, 128  # 16 users × 128 complex channels (one LRURec layer at d = 64)
+CHANNELS = 128  # complex channels of one LRURec layer at d = 64
 
 
-def scan_inputs(length: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def scan_inputs(batch: int, length: int, grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(length)
     modulus = torch.rand(CHANNELS, generator=generator) * 0.2 + 0.79
     phase = torch.rand(CHANNELS, generator=generator) * 6.28
-    gates = torch.polar(modulus, phase).expand(BATCH, length, CHANNELS)
-    inputs = torch.randn(BATCH, length, CHANNELS, dtype=torch.complex64, generator=generator)
+    gates = torch.polar(modulus, phase).expand(batch, length, CHANNELS)
+    inputs = torch.randn(batch, length, CHANNELS, dtype=torch.complex64, generator=generator)
     return gates, inputs.requires_grad_(grad)
 
 
-def time_scan(scan: object, length: int, backward: bool) -> float:
-    gates, inputs = scan_inputs(length, backward)
+def time_scan(scan: object, batch: int, length: int, backward: bool) -> float:
+    gates, inputs = scan_inputs(batch, length, backward)
 
     def run() -> None:
         out = scan(gates, inputs)  # type: ignore[operator]
@@ -59,11 +59,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--batch", type=int, default=16, help="sequences per scan")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"batch {BATCH} × {CHANNELS} complex channels"
+        f"batch {args.batch} × {CHANNELS} complex channels"
     )
     print(
         "| L | pass | sequential reference (ms) | parallel log-depth (ms) | speed-up "
@@ -72,9 +73,9 @@ def main() -> None:
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for length in args.lengths:
         for backward in (False, True):
-            sequential = time_scan(sequential_scan, length, backward)
-            parallel = time_scan(parallel_scan, length, backward)
-            fused = time_scan(loop_scan, length, backward)
+            sequential = time_scan(sequential_scan, args.batch, length, backward)
+            parallel = time_scan(parallel_scan, args.batch, length, backward)
+            fused = time_scan(loop_scan, args.batch, length, backward)
             label = "forward+backward" if backward else "forward"
             print(
                 f"| {length} | {label} | {sequential * 1e3:.1f} | {parallel * 1e3:.1f} | "
