@@ -5,7 +5,8 @@ Variants (LRURec, d = 64, 2 layers, full softmax over 3,417 classes, AdamW + cli
              log-depth parallel scan;
   +targets   the same batch, logits only where there is a target;
   +loop      plus the loop scan (model/scan.py: loop_scan), the CPU training default;
-  bucketed   what `lrurec train` runs: length-bucketed batches of ~128 windows' tokens.
+  bucketed   what `lrurec train` runs: length-bucketed batches of ~128 (or 32) windows' tokens,
+             with either scan.
 Targets per second is the comparable number: batches differ in how many targets they hold.
 
 Run:  python -m benchmarks.bench_train_step [--threads 2] [--steps 3]
@@ -49,25 +50,49 @@ def all_positions_loss(net: LRURec, inputs: torch.Tensor, labels: torch.Tensor) 
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=0)
 
 
-def time_steps(
+Variant = tuple[
+    str,
+    Callable[..., torch.Tensor],
+    list[tuple[torch.Tensor, torch.Tensor]],
+    Callable[[LRURec, torch.Tensor, torch.Tensor], torch.Tensor],
+]
+
+
+def one_step(
     net: LRURec,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
     loss_fn: Callable[[LRURec, torch.Tensor, torch.Tensor], torch.Tensor],
-) -> tuple[float, float]:
-    """Median seconds per step and targets per second over ``batches`` (first one warms up)."""
+) -> float:
+    start = time.perf_counter()
+    loss = loss_fn(net, *batch)
+    optimizer.zero_grad()
+    loss.backward()  # type: ignore[no-untyped-call]
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def time_variants(
+    net: LRURec, variants: list[Variant], rounds: int
+) -> list[tuple[str, float, float]]:
+    """Median s/step and targets/s per variant, run in alternating rounds so that load from
+    other processes hits every variant alike (round 0 is a warm-up)."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, eps=1e-9)
-    seconds, targets = [], []
-    for index, (inputs, labels) in enumerate(batches):
-        start = time.perf_counter()
-        loss = loss_fn(net, inputs, labels)
-        optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        optimizer.step()
-        if index:
-            seconds.append(time.perf_counter() - start)
-            targets.append(int((labels > 0).sum()))
-    return statistics.median(seconds), sum(targets) / sum(seconds)
+    seconds: dict[str, list[float]] = {name: [] for name, *_ in variants}
+    targets: dict[str, int] = dict.fromkeys(seconds, 0)
+    for round_index in range(rounds + 1):
+        for name, scan, batches, loss_fn in variants:
+            batch = batches[round_index % len(batches)]
+            with scan_implementation(scan):
+                elapsed = one_step(net, optimizer, batch, loss_fn)
+            if round_index:
+                seconds[name].append(elapsed)
+                targets[name] += int((batch[1] > 0).sum())
+    return [
+        (name, statistics.median(seconds[name]), targets[name] / sum(seconds[name]))
+        for name in seconds
+    ]
 
 
 def main() -> None:
@@ -90,17 +115,22 @@ def main() -> None:
         )
     bucketed = [collate(windows, b) for b in bucket_batches(windows.lengths, 128, 0)]
     bucketed = bucketed[: args.steps + 1]
+    small = [collate(windows, b) for b in bucket_batches(windows.lengths, 32, 0)]
+    small = small[: args.steps + 1]
     torch.manual_seed(0)
     net = LRURec(LRURecConfig(n_items=dataset.n_items)).train()
-    rows = []
-    with scan_implementation(parallel_scan):
-        rows.append(("naive", *time_steps(net, fixed, all_positions_loss)))
-        rows.append(("+targets", *time_steps(net, fixed, next_item_loss)))
-    with scan_implementation(loop_scan):
-        rows.append(("+loop", *time_steps(net, fixed, next_item_loss)))
-        rows.append(("bucketed", *time_steps(net, bucketed, next_item_loss)))
+    variants: list[Variant] = [
+        ("naive", parallel_scan, fixed, all_positions_loss),
+        ("+targets", parallel_scan, fixed, next_item_loss),
+        ("+loop", loop_scan, fixed, next_item_loss),
+        ("bucketed 128, parallel scan", parallel_scan, bucketed, next_item_loss),
+        ("bucketed 128, loop scan", loop_scan, bucketed, next_item_loss),
+        ("bucketed 32, parallel scan", parallel_scan, small, next_item_loss),
+        ("bucketed 32, loop scan", loop_scan, small, next_item_loss),
+    ]
+    rows = time_variants(net, variants, args.steps)
     epoch_targets = windows.n_targets
-    print(f"threads={args.threads}, median of {args.steps} steps, {epoch_targets} targets/epoch")
+    print(f"threads={args.threads}, {args.steps} alternating rounds, {epoch_targets} targets/epoch")
     print("| variant | s/step | targets/s | s/epoch (est.) |")
     print("| --- | ---: | ---: | ---: |")
     for name, per_step, per_second in rows:
