@@ -95,17 +95,28 @@ class LRULayer(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """LN(Dropout(W2 Dropout(GELU(W1 x + b1)) + b2) + x): post-LN, one exact GELU."""
+    """LN(Dropout(W2 Dropout(act(W1 x + b1)) + b2) + x): post-LN, one activation.
 
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, eps: float) -> None:
+    LRURec uses the exact GELU (official code; the paper's Eq. 8 has two), RecBLR uses SiLU.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_ffn: int,
+        dropout: float,
+        eps: float,
+        activation: Callable[[Tensor], Tensor] = F.gelu,
+    ) -> None:
         super().__init__()
         self.w_1 = nn.Linear(d_model, d_ffn)
         self.w_2 = nn.Linear(d_ffn, d_model)
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = self.dropout(F.gelu(self.w_1(x)))
+        hidden = self.dropout(self.activation(self.w_1(x)))
         out: Tensor = self.norm(self.dropout(self.w_2(hidden)) + x)
         return out
 

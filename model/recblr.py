@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import RecBLRConfig
+from model.layers import FeedForward
 from model.scan import loop_scan, parallel_scan
 from model.shapes import Hidden, Items, Scores, State
 
@@ -140,22 +141,6 @@ class GatedRecurrentLayer(nn.Module):
         return self.out_proj(F.silu(z) * h), h, window[:, 1:]
 
 
-class FeedForward(nn.Module):
-    """LN(Dropout(W2 Dropout(SiLU(W1 x + b1)) + b2) + x): post-LN, SiLU (not GELU, reference B2)."""
-
-    def __init__(self, d_model: int, d_ffn: int, dropout: float, eps: float) -> None:
-        super().__init__()
-        self.w_1 = nn.Linear(d_model, d_ffn)
-        self.w_2 = nn.Linear(d_ffn, d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(d_model, eps=eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        hidden = self.dropout(F.silu(self.w_1(x)))
-        output: Tensor = self.norm(self.dropout(self.w_2(hidden)) + x)
-        return output
-
-
 class RecBLRBlock(nn.Module):
     """LN(Dropout(BD-LRU layer(x)) + x), then the feed-forward."""
 
@@ -164,7 +149,9 @@ class RecBLRBlock(nn.Module):
         self.mixer = GatedRecurrentLayer(config)
         self.dropout = nn.Dropout(config.dropout)
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.ffn = FeedForward(config.d_model, config.d_ffn, config.dropout, config.layer_norm_eps)
+        self.ffn = FeedForward(
+            config.d_model, config.d_ffn, config.dropout, config.layer_norm_eps, activation=F.silu
+        )
 
     def forward(
         self, x: Tensor, real: Tensor, carry: Tensor, scan: Scan
