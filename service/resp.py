@@ -32,12 +32,15 @@ Arg = str | bytes | int | float
 class _Protocol(asyncio.Protocol):
     """Replies are matched to waiting futures in order (Redis answers in order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float) -> None:
         self.reader = hiredis.Reader(replyError=ResponseError)
-        self.pending: deque[asyncio.Future[Any]] = deque()
+        self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        """Waiting callers with the loop time by which their reply must arrive, oldest first."""
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.outbox: list[bytes] = []
+        self.timeout = timeout
+        self.watchdog: asyncio.TimerHandle | None = None
 
     def queue(self, packed: bytes) -> None:
         """Send at the end of this loop iteration, with every other command queued in it."""
@@ -56,11 +59,32 @@ class _Protocol(asyncio.Protocol):
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
 
+    def expect(self, future: "asyncio.Future[Any]") -> None:
+        """Wait for the next reply; the connection fails every caller if it is not in time."""
+        loop = asyncio.get_running_loop()
+        self.pending.append((future, loop.time() + self.timeout))
+        if self.watchdog is None:
+            self.watchdog = loop.call_later(self.timeout, self.check_deadline)
+
+    def check_deadline(self) -> None:
+        """One timer per connection instead of one per call (``asyncio.timeout`` measured
+        ~10-20 µs per call): replies come in order, so only the oldest caller can be late."""
+        self.watchdog = None
+        if not self.pending:
+            return
+        deadline = self.pending[0][1]
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self.watchdog = loop.call_at(deadline, self.check_deadline)
+            return
+        # Later replies would answer the wrong callers: drop the connection, fail everyone.
+        self.fail(RedisTimeoutError("Redis did not answer in time"))
+
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
-            future = self.pending.popleft()
-            if future.done():  # its caller timed out and gave up
+            future = self.pending.popleft()[0]
+            if future.done():  # its caller was cancelled
                 continue
             if isinstance(reply, ResponseError):
                 future.set_exception(reply)
@@ -68,17 +92,24 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.outbox.clear()
-        while self.pending:
-            future = self.pending.popleft()
-            if not future.done():
-                future.set_exception(RedisConnectionError(f"Redis connection lost: {exc}"))
+        self.fail(RedisConnectionError(f"Redis connection lost: {exc}"))
 
-    def close(self) -> None:
+    def fail(self, error: Exception) -> None:
+        """Close the connection and fail every waiting caller with ``error``."""
         if self.transport is not None and not self.closed:
             self.transport.close()
-        self.connection_lost(None)
+        self.closed = True
+        self.outbox.clear()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+        while self.pending:
+            future = self.pending.popleft()[0]
+            if not future.done():
+                future.set_exception(error)
+
+    def close(self) -> None:
+        self.fail(RedisConnectionError("Redis connection closed"))
 
 
 class ScriptClient:
@@ -101,18 +132,18 @@ class ScriptClient:
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
-    async def _connection(self) -> _Protocol:
-        if self._protocol is not None and not self._protocol.closed:
-            return self._protocol
+    async def _connect(self) -> _Protocol:
         async with self._connecting:
             if self._protocol is None or self._protocol.closed:
                 loop = asyncio.get_running_loop()
                 try:
                     async with asyncio.timeout(self._timeout):
-                        _, protocol = await loop.create_connection(_Protocol, *self._address)
+                        _, protocol = await loop.create_connection(
+                            lambda: _Protocol(self._timeout), *self._address
+                        )
                         for command in self._setup:
                             await self._send(protocol, command)
-                except (OSError, TimeoutError, ResponseError) as error:
+                except (OSError, TimeoutError, ResponseError, RedisTimeoutError) as error:
                     raise RedisConnectionError(f"cannot connect to Redis: {error}") from error
                 self._protocol = protocol
         return self._protocol
@@ -121,19 +152,17 @@ class ScriptClient:
     def _send(protocol: _Protocol, command: tuple[Arg, ...]) -> "asyncio.Future[Any]":
         assert protocol.transport is not None
         future = asyncio.get_running_loop().create_future()
-        protocol.pending.append(future)
+        protocol.expect(future)
         # hiredis's stub types the tuple as one element; it takes any number of arguments.
         protocol.queue(hiredis.pack_command(command))  # type: ignore[arg-type]
         return future
 
     async def _call_once(self, command: tuple[Arg, ...]) -> Any:
-        protocol = await self._connection()
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await self._send(protocol, command)
-        except TimeoutError:
-            protocol.close()  # later replies would answer the wrong callers
-            raise RedisTimeoutError("Redis did not answer in time") from None
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connect()
+        # Timeouts come from the connection's watchdog (RedisTimeoutError).
+        return await self._send(protocol, command)
 
     async def call(self, *command: Arg) -> Any:
         """Send one command; connection errors and timeouts are retried, then raised."""
