@@ -63,8 +63,8 @@ async def post_event(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     k, exclude_seen = parse_event_query(request.query_params, engine.settings.default_k)
     event = parse_event(await request.body())
-    result = await engine.apply_event(event, k, exclude_seen)
-    return Response(result.model_dump_json(exclude_none=True), media_type="application/json")
+    outcome = await engine.apply(event, k, exclude_seen)
+    return Response(outcome.json(), media_type="application/json")
 
 
 class RawRoute(APIRoute):
