@@ -1,4 +1,4 @@
-"""The int8 two-stage top-k returns the exact fp32 top-k, and its error bound holds for every item."""
+"""The int8 two-stage top-k returns the exact fp32 top-k; its error bound holds for every item."""
 
 import numpy as np
 import pytest
@@ -178,7 +178,7 @@ def test_constant_table_makes_every_item_a_candidate_and_stays_exact() -> None:
     bias[42] = 1e-3  # the only difference is below the int8 resolution of the table
     hidden = torch.ones(1, 8)
     scorer = TwoStageTopK(table, bias, block=64)
-    values, indices = scorer(hidden, 1)
+    _, indices = scorer(hidden, 1)
     assert indices.tolist() == [[42]]
     assert scorer.stats.candidates[-1] >= 499
 
