@@ -59,6 +59,13 @@ class Settings(BaseSettings):
         description="Run the model steps and top-k's of concurrent events as one batched call "
         "per event-loop iteration (helps under load, costs a little at low load).",
     )
+    quantized_scoring: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Exact top-k through an int8 scan of the item table and a float32 re-score "
+        "of the candidates (about 3x faster at 1M items, same results); `auto` = on from "
+        "`quantized_min_items` items, CPU only. Adds a quarter of the table's memory.",
+    )
+    quantized_min_items: int = Field(default=50_000, ge=1)
     cas_max_retries: int = Field(default=32, ge=1, le=1000)
     batch_concurrency: int = Field(default=16, ge=1, le=256)
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
