@@ -8,12 +8,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import numpy as np
 import torch
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from model import load_artifact
 from service import telemetry
 from service.embedded_redis import EmbeddedRedis
 from service.engine import Engine
 from service.errors import install_error_handlers
+from service.fast_events import EventsFastPath
 from service.limits import BodySizeLimitMiddleware
 from service.routes import router
 from service.runtime import build_stepper
@@ -95,10 +97,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             telemetry.mark_worker_dead()
 
 
+class ServiceApp(FastAPI):
+    """FastAPI with ``POST /events`` answered ahead of its middleware (service.fast_events)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return EventsFastPath(super().build_middleware_stack(), self)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; nothing is loaded until the lifespan starts."""
     settings = settings or get_settings()
-    app = FastAPI(title="LRURec service", description=DESCRIPTION, lifespan=lifespan)
+    app = ServiceApp(title="LRURec service", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)
     app.include_router(router)

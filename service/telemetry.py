@@ -103,8 +103,11 @@ def _redis_histogram(operation: str) -> Histogram:
 
 
 @functools.cache
-def _http_histogram(route: str, method: str, status: str) -> Histogram:
-    # Bounded: route templates (never raw paths) × methods × status classes.
+def http_histogram(route: str, method: str, status: str) -> Histogram:
+    """The ``lrurec_http_request_duration_seconds`` child, looked up once.
+
+    Bounded: route templates (never raw paths) × methods × status classes.
+    """
     return HTTP_DURATION.labels(route, method, status)
 
 
@@ -179,6 +182,6 @@ class HTTPMetricsMiddleware:
         finally:
             # The router stores the matched route in the (shared) scope.
             route = getattr(scope.get("route"), "path", None) or "<unmatched>"
-            _http_histogram(route, scope["method"], f"{status // 100}xx").observe(
+            http_histogram(route, scope["method"], f"{status // 100}xx").observe(
                 time.perf_counter() - start
             )
