@@ -38,6 +38,9 @@ from model.topk import chunked_top_k
 IntKernel = Callable[[NDArray[np.uint8]], NDArray[np.int32]]
 """Query codes ``uint8 [g, D]`` → integer scores ``int32 [g, n_pad]`` (may reuse one buffer)."""
 
+KernelFactory = Callable[[QuantizedTable, int], IntKernel]
+"""Builds the kernel of a table for calls of at most the given number of rows."""
+
 MASKED = np.iinfo(np.int32).min
 """Stage-1 score of padding, outliers and excluded items (real ones are ≥ -D · 127 · 127)."""
 
@@ -57,8 +60,8 @@ class ScoringStats:
     candidates: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))
 
 
-def reference_kernel(quantized: QuantizedTable) -> IntKernel:
-    """The slow exact kernel, :func:`model.quantized_table.reference_scores`."""
+def reference_kernel(quantized: QuantizedTable, rows: int) -> IntKernel:
+    """The slow exact kernel, :func:`model.quantized_table.reference_scores` (any rows)."""
     return lambda codes: reference_scores(codes, quantized)
 
 
@@ -80,7 +83,7 @@ class TwoStageTopK:
         table: Tensor,
         bias: Tensor | None,
         *,
-        kernel: Callable[[QuantizedTable], IntKernel] = reference_kernel,
+        kernel: KernelFactory = reference_kernel,
         max_candidates: int = DEFAULT_MAX_CANDIDATES,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         block: int = 256,
@@ -91,7 +94,7 @@ class TwoStageTopK:
         n_pad = self.quantized.codes.shape[1]
         self.rows_per_call = max(1, buffer_bytes // (4 * n_pad))
         self.max_candidates = max_candidates
-        self.kernel = kernel(self.quantized)
+        self.kernel = kernel(self.quantized, self.rows_per_call)
         self.stats = ScoringStats()
 
     def __call__(
@@ -141,11 +144,12 @@ class TwoStageTopK:
     ) -> tuple[Tensor, Tensor]:
         """Top-k of one row from its stage-1 scores (mutated: masked items set to ``MASKED``)."""
         self.stats.rows += 1
-        outliers = np.setdiff1d(self.quantized.outliers, excluded, assume_unique=True)
-        candidates = self._candidates(
-            scores, excluded, float(queries.unit[position]), float(queries.bound[position]),
-            self.exact(hidden, outliers), k,
-        )  # fmt: skip
+        outliers = self.quantized.outliers
+        if outliers.size and excluded.size:
+            outliers = outliers[~np.isin(outliers, excluded)]
+        outlier_scores = self.exact(hidden, outliers).double().numpy()
+        unit, bound = float(queries.unit[position]), float(queries.bound[position])
+        candidates = self.candidates(scores, excluded, unit, bound, outlier_scores, k)
         if candidates is None:
             self.stats.fallbacks += 1
             values, indices = chunked_top_k(
@@ -163,41 +167,50 @@ class TwoStageTopK:
         scores = self.table[index] @ hidden
         return scores if self.bias is None else scores + self.bias[index]
 
-    def _candidates(
+    def candidates(
         self,
         scores: NDArray[np.int32],
         excluded: NDArray[np.int64],
         unit: float,
         bound: float,
-        outlier_scores: Tensor,
+        outlier_scores: NDArray[np.float64],
         k: int,
     ) -> NDArray[np.int64] | None:
-        """Quantised items that may be in the top k (``None``: too many, fall back)."""
+        """Stage-1 selection: quantised items that may be in the top k (``None``: too many).
+
+        Args:
+            scores: the row's integer scores ``[n_pad]``; masked and excluded items are set to
+                ``MASKED`` in place.
+            excluded: item indices excluded for this row.
+            unit: approximate score per integer unit (``s_q s_t``).
+            bound: ``ε`` of this row.
+            outlier_scores: exact scores of the row's non-excluded outliers.
+            k: items wanted.
+        """
         block = self.quantized.block
         scores[self.quantized.masked] = MASKED
         scores[excluded] = MASKED
-        grid = torch.from_numpy(scores).view(-1, block)  # [n_blocks, block]
-        maxima = grid.amax(dim=1)  # [n_blocks]
-        # The k best values are in the k blocks with the largest maxima (model.topk.block_top_k).
-        best_blocks = torch.topk(maxima, min(k, maxima.shape[0])).indices
-        best = torch.topk(grid[best_blocks].flatten(), k).values  # [k], int32
-        lower = unit * best[best > MASKED].double() - bound
-        pool = torch.cat([lower, outlier_scores.double()])
+        grid = scores.reshape(-1, block)  # [n_blocks, block]
+        maxima = torch.from_numpy(grid).amax(dim=1).numpy()  # [n_blocks]; torch's is faster
+        # The k best values are in the k blocks with the largest maxima (model.topk.block_top_k);
+        # small arrays go through numpy, whose per-call overhead is lower than torch's.
+        top_blocks = np.argpartition(maxima, -min(k, maxima.shape[0]))[-k:]
+        best = grid[top_blocks].ravel()  # [≤ k · block]
+        best = best[np.argpartition(best, -k)[-k:]]  # the k best values, unordered
+        lower = unit * best[best > MASKED].astype(np.float64) - bound
+        pool = np.concatenate([lower, outlier_scores])  # lower bounds of distinct items
         if pool.shape[0] < k:  # fewer than k items known to score anything: all are candidates
             threshold = MASKED + 1
         else:
-            level = float(torch.topk(pool, k).values[-1])
+            level = float(np.partition(pool, -k)[-k])  # L: the k-th largest lower bound
             # Clamped to int32: an outlier may score above any quantised item could.
             threshold = int(np.clip(np.floor((level - bound) / unit), MASKED + 1, TOP))
-        blocks = torch.nonzero(maxima >= threshold).flatten()
-        if blocks.shape[0] > self.max_candidates:  # each such block holds a candidate
+        blocks = np.flatnonzero(maxima >= threshold)  # every candidate's block is here
+        if blocks.shape[0] > self.max_candidates:
             return None
-        if blocks.shape[0] * block * 4 < scores.shape[0]:
-            columns = (blocks[:, None] * block + torch.arange(block)).flatten()
-            found = columns[grid.flatten()[columns] >= threshold].numpy()
-        else:
-            found = np.flatnonzero(scores >= threshold)
-        return None if found.shape[0] > self.max_candidates else found.astype(np.int64)
+        rows, columns = np.nonzero(grid[blocks] >= threshold)
+        found = (blocks[rows] * block + columns).astype(np.int64)
+        return None if found.shape[0] > self.max_candidates else found
 
 
 def _checked(items: Sequence[int], vocab: int) -> NDArray[np.int64]:

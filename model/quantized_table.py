@@ -82,6 +82,17 @@ def augmented_rows(table: Tensor, bias: Tensor | None, bias_feature: float) -> T
     return torch.cat([table.detach().to("cpu", torch.float64), column], dim=1)
 
 
+def _float32_rows(
+    table: Tensor, bias: Tensor | None, bias_feature: float, begin: int, end: int
+) -> NDArray[np.float32]:
+    """Rows ``begin:end`` of ``[e_i, b_i / c]`` in float32 (exact: ``c`` is a power of two)."""
+    rows = np.zeros((end - begin, table.shape[1] + 1), dtype=np.float32)
+    rows[:, :-1] = table[begin:end].detach().to("cpu", torch.float32).numpy()
+    if bias is not None:
+        rows[:, -1] = bias[begin:end].detach().to("cpu", torch.float32).numpy() / bias_feature
+    return rows
+
+
 def _power_of_two_ratio(numerator: float, denominator: float) -> float:
     if numerator <= 0.0 or denominator <= 0.0:
         return 1.0
@@ -90,14 +101,16 @@ def _power_of_two_ratio(numerator: float, denominator: float) -> float:
 
 def _row_stats(table: Tensor, bias: Tensor | None) -> tuple[float, Tensor, Tensor]:
     """``(c, row maxima [v], row L1 norms [v])`` of the augmented rows, in float64."""
-    row_max = table.detach().abs().amax(dim=1).to("cpu", torch.float64)  # [v]
-    row_l1 = table.detach().abs().sum(dim=1).to("cpu", torch.float64)  # [v]
+    magnitudes = table.detach().to("cpu", torch.float32).abs()
+    row_max = magnitudes.amax(dim=1).double()  # [v]
+    row_l1 = magnitudes.sum(dim=1).double()  # [v]; only used to find outliers
     if bias is None:
         return 1.0, row_max, row_l1
     bias_abs = bias.detach().abs().to("cpu", torch.float64)  # [v]
     # Robust ranges (an outlier must not set c): the 99th percentiles of both.
     c = _power_of_two_ratio(
-        float(torch.quantile(bias_abs[1:], 0.99)), float(torch.quantile(row_max[1:], 0.99))
+        float(np.quantile(bias_abs[1:].numpy(), 0.99)),
+        float(np.quantile(row_max[1:].numpy(), 0.99)),
     )
     return c, torch.maximum(row_max, bias_abs / c), row_l1 + bias_abs / c
 
@@ -132,27 +145,29 @@ def quantize_table(
     regular[0] = False
     regular[outliers] = False
     top = float(row_max[regular].max()) if bool(regular.any()) else 0.0
-    scale = top / LEVELS if top > 0.0 else 1.0
+    scale = float(np.float32(top / LEVELS)) if top > 0.0 else 1.0  # float32: exact below
     n_pad = -(-vocab // block) * block
     codes = np.full((table.shape[1] + 1, n_pad), ZERO_POINT, dtype=np.uint8)
-    column_error = np.zeros(table.shape[1] + 1)
-    max_l1 = 0
+    column_error = np.zeros(table.shape[1] + 1, dtype=np.float32)
+    max_l1 = 0.0
+    regular_rows = regular.numpy()
     for begin in range(0, vocab, ROW_CHUNK):
         end = min(begin + ROW_CHUNK, vocab)
-        part = None if bias is None else bias[begin:end]
-        rows = augmented_rows(table[begin:end], part, bias_feature)  # [chunk, D]
-        rows[~regular[begin:end]] = 0.0  # masked items: zero codes, no error contribution
-        t = torch.clamp(torch.round(rows / scale), -LEVELS, LEVELS)  # [chunk, D], integral
-        error = (rows - scale * t).abs().amax(dim=0).numpy()  # [D]
-        column_error = np.maximum(column_error, error)
-        max_l1 = max(max_l1, int(t.abs().sum(dim=1).max()))
-        codes[:, begin:end] = (t.to(torch.int16) + ZERO_POINT).to(torch.uint8).T.numpy()
+        rows = _float32_rows(table, bias, bias_feature, begin, end)  # [chunk, D]
+        rows[~regular_rows[begin:end]] = 0.0  # masked items: zero codes, no error contribution
+        t = np.clip(np.rint(rows / np.float32(scale)), -LEVELS, LEVELS)  # [chunk, D], integral
+        column_error = np.maximum(column_error, np.abs(rows - np.float32(scale) * t).max(axis=0))
+        max_l1 = max(max_l1, float(np.abs(t).sum(axis=1).max()))  # integral sums: exact
+        codes[:, begin:end] = (t + ZERO_POINT).astype(np.uint8).T
+    # The float32 product and difference above round by at most one unit each.
+    rounding = 2 * (LEVELS + 1) * scale * UNIT_ROUNDOFF
+    errors = column_error.astype(np.float64) * (1 + 2 * UNIT_ROUNDOFF) + rounding
     masked = np.concatenate([[0], outliers.numpy(), np.arange(vocab, n_pad)]).astype(np.int64)
     return QuantizedTable(
         codes=codes,
         scale=scale,
         bias_feature=bias_feature,
-        column_error=column_error,
+        column_error=errors,
         max_l1=scale * max_l1,
         masked=masked,
         outliers=outliers.numpy().astype(np.int64),
