@@ -27,6 +27,15 @@ from cli.bench.sweep import HOST, event_requests, prefill, run_on_uvloop, wait_r
 from service.embedded_redis import free_port
 
 REPO = Path(__file__).resolve().parents[1]
+SERVE = """
+import sys, uvicorn
+try:
+    from service.http_protocol import HTTP_PROTOCOL as http
+except ImportError:
+    http = "auto"
+uvicorn.run("service.main:create_app", factory=True, port=int(sys.argv[1]), http=http,
+            access_log=False, log_level="warning")
+"""
 
 
 def start(
@@ -37,10 +46,8 @@ def start(
         "LRUREC_BACKEND": backend, "LRUREC_MICRO_BATCH": str(micro_batch).lower(),
     }  # fmt: skip
     env.pop("LRUREC_REDIS_URL", None)  # the app starts its own embedded redis-server
-    command = [
-        sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
-        "--port", str(port), "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
+    # uvicorn as `lrurec serve` runs it: with the tree's own HTTP protocol class when it has one.
+    command = [sys.executable, "-c", SERVE, str(port)]
     return subprocess.Popen(command, cwd=tree, env=env)
 
 

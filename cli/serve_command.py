@@ -15,6 +15,7 @@ import typer
 import uvicorn
 
 from service.embedded_redis import EmbeddedRedis
+from service.http_protocol import HTTP_PROTOCOL
 from service.settings import get_settings
 from service.telemetry import prepare_multiprocess_dir
 
@@ -76,6 +77,8 @@ def serve(
         uvicorn.run(
             APP_FACTORY, factory=True, host=host, port=port, workers=workers,
             log_level=log_level, access_log=access_log,
+            # httptools with each response in one send() (service/http_protocol.py).
+            http=HTTP_PROTOCOL,
             # A spawned worker answers the supervisor's ping only after importing torch and the
             # app; on a busy 2-core machine that measured ~10 s, beyond uvicorn's 5 s default,
             # and the supervisor killed and respawned workers forever.
