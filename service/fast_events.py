@@ -41,7 +41,7 @@ class EventsFastPath:
     """The outermost ASGI layer: ``POST /events`` here, everything else to ``app``.
 
     Args:
-        app: the full middleware stack of ``service``.
+        app: the full application (``service`` itself, or its middleware stack).
         service: the FastAPI application (its state holds the engine; its exception handlers
             answer errors).
     """
@@ -51,8 +51,13 @@ class EventsFastPath:
         self.service = service
         self._queries: dict[bytes, tuple[int, bool] | None] = {}
 
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        """Whether ``scope`` is a ``POST /events`` (the only request this layer answers)."""
+        return scope["type"] == "http" and scope["method"] == "POST" and _route_path(scope) == ROUTE
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _route_path(scope) != ROUTE or scope["method"] != "POST":
+        if not self.handles(scope):
             await self.app(scope, receive, send)
             return
         engine: Engine | None = getattr(self.service.state, "engine", None)

@@ -4,11 +4,12 @@ import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import numpy as np
 import torch
 from fastapi import FastAPI
-from starlette.types import ASGIApp
+from starlette.types import Receive, Scope, Send
 
 from model import load_artifact
 from service import telemetry
@@ -100,8 +101,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 class ServiceApp(FastAPI):
     """FastAPI with ``POST /events`` answered ahead of its middleware (service.fast_events)."""
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return EventsFastPath(super().build_middleware_stack(), self)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fast_events = EventsFastPath(super().__call__, self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Ahead of FastAPI's own per-request work too (root path, telemetry checks).
+        if EventsFastPath.handles(scope):
+            scope["app"] = self
+            await self._fast_events(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
