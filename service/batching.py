@@ -73,7 +73,7 @@ class MicroBatcher:
             try:
                 items = np.asarray([request.index for request in batch], dtype=np.int64)
                 states = np.stack([request.state for request in batch])
-                with telemetry.MODEL_STEP_SECONDS.time():
+                with telemetry.MODEL_STEP.time():
                     hidden, new_states = self._stepper.step(items, states)
             except Exception as error:  # every waiter gets the failure, none hangs
                 _fail([request.future for request in batch], error)
@@ -89,7 +89,7 @@ class MicroBatcher:
             try:
                 hidden = np.stack([request.hidden for request in batch])
                 k = max(request.k for request in batch)  # a row's best k is a prefix of its best
-                with telemetry.SCORE_SECONDS.time():
+                with telemetry.SCORE.time():
                     results = self._stepper.top_k(hidden, k, [r.exclude for r in batch])
             except Exception as error:
                 _fail([request.future for request in batch], error)

@@ -115,7 +115,7 @@ class Engine:
         base = state if state is not None else np.zeros(self._state_shape, dtype=np.float32)
         if self._batcher is not None:
             return await self._batcher.step(index, base)
-        with telemetry.MODEL_STEP_SECONDS.time():
+        with telemetry.MODEL_STEP.time():
             hidden, states = self.stepper.step(np.asarray([index], dtype=np.int64), base[None])
         return hidden[0], states[0]
 
@@ -194,7 +194,7 @@ class Engine:
         if hidden is not None and self._batcher is not None:
             indices, scores = await self._batcher.top_k(hidden, k, exclude)
         else:
-            with telemetry.SCORE_SECONDS.time():
+            with telemetry.SCORE.time():
                 if hidden is None:
                     telemetry.COLD_STARTS.inc()
                     indices, scores = top_k_numpy(self._cold_scores, k, exclude)

@@ -1,5 +1,6 @@
 """The FastAPI application: ``create_app(settings)`` and the lifespan that loads everything once."""
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -89,11 +90,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # full collections of the model/torch graph (~100 ms) to ~8 ms.
         gc.collect()
         gc.freeze()
+        flusher = asyncio.create_task(telemetry.flush_periodically())
+        stack.callback(flusher.cancel)
         try:
             yield
         finally:
             # No gc.unfreeze(): frozen objects stay frozen, so an app started again in this
             # process (tests) does not pay for a full collection of them a second time.
+            telemetry.flush_buffers()
             telemetry.READY.set(0)
             telemetry.mark_worker_dead()
 
