@@ -75,7 +75,8 @@ class TwoStageTopK:
         kernel: builds the stage-1 kernel for the quantised table (default: the reference one).
         max_candidates: more candidates than this in a row → exact fp32 scan for that row.
         buffer_bytes: bound on the int32 scores held at once (sets the rows per kernel call).
-        block: columns per block of the block-maximum reduction.
+        block: columns per block of the block-maximum reduction (64 measured fastest at 1M
+            items among 64-512, with few and with thousands of candidates).
     """
 
     def __init__(
@@ -86,7 +87,7 @@ class TwoStageTopK:
         kernel: KernelFactory = reference_kernel,
         max_candidates: int = DEFAULT_MAX_CANDIDATES,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-        block: int = 256,
+        block: int = 64,
     ) -> None:
         self.table = table.detach()
         self.bias = None if bias is None else bias.detach()
@@ -164,8 +165,9 @@ class TwoStageTopK:
     def exact(self, hidden: Tensor, items: NDArray[np.int64]) -> Tensor:
         """Exact float32 scores ``[n]`` of ``items`` for one ``hidden [d]``."""
         index = torch.from_numpy(items)
-        scores = self.table[index] @ hidden
-        return scores if self.bias is None else scores + self.bias[index]
+        # index_select, not table[index]: measured 0.24 ms against 1.5 ms for 4,000 rows of 1M.
+        scores = torch.index_select(self.table, 0, index) @ hidden
+        return scores if self.bias is None else scores + torch.index_select(self.bias, 0, index)
 
     def candidates(
         self,

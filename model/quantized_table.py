@@ -101,9 +101,12 @@ def _power_of_two_ratio(numerator: float, denominator: float) -> float:
 
 def _row_stats(table: Tensor, bias: Tensor | None) -> tuple[float, Tensor, Tensor]:
     """``(c, row maxima [v], row L1 norms [v])`` of the augmented rows, in float64."""
-    magnitudes = table.detach().to("cpu", torch.float32).abs()
-    row_max = magnitudes.amax(dim=1).double()  # [v]
-    row_l1 = magnitudes.sum(dim=1).double()  # [v]; only used to find outliers
+    row_max = torch.empty(table.shape[0], dtype=torch.float64)  # [v]
+    row_l1 = torch.empty(table.shape[0], dtype=torch.float64)  # [v]; only to find outliers
+    for begin in range(0, table.shape[0], ROW_CHUNK):  # chunks: no full-size temporary
+        magnitudes = table[begin : begin + ROW_CHUNK].detach().to("cpu", torch.float32).abs()
+        row_max[begin : begin + ROW_CHUNK] = magnitudes.amax(dim=1)
+        row_l1[begin : begin + ROW_CHUNK] = magnitudes.sum(dim=1)
     if bias is None:
         return 1.0, row_max, row_l1
     bias_abs = bias.detach().abs().to("cpu", torch.float64)  # [v]
@@ -128,7 +131,7 @@ def _outliers(row_max: Tensor, row_l1: Tensor, max_outliers: int) -> Tensor:
 
 
 def quantize_table(
-    table: Tensor, bias: Tensor | None, *, block: int = 256, max_outliers: int = 64
+    table: Tensor, bias: Tensor | None, *, block: int = 64, max_outliers: int = 64
 ) -> QuantizedTable:
     """Quantise ``(table [v, d], bias [v] | None)`` to a :class:`QuantizedTable`.
 
