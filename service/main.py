@@ -19,6 +19,7 @@ from service.engine import Engine
 from service.errors import install_error_handlers
 from service.fast_events import EventsFastPath
 from service.limits import BodySizeLimitMiddleware
+from service.quantized_onnx import with_quantized_scoring
 from service.routes import router
 from service.runtime import build_stepper
 from service.settings import Settings, get_settings
@@ -41,6 +42,7 @@ def _build_engine(
         )
     artifact = load_artifact(settings.artifact, device=settings.device)
     stepper = build_stepper(settings.backend, artifact, settings.device)
+    stepper = with_quantized_scoring(stepper, artifact, settings)  # large catalogues: exact int8
     client = create_redis(
         redis_url, settings.redis_timeout_seconds, settings.redis_retries,
         settings.redis_max_connections,
