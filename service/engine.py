@@ -33,6 +33,7 @@ from service.schemas import (
     UserInfo,
 )
 from service.settings import Settings
+from service.state_cache import StateCache
 from service.store import Snapshot, UserStore, Write, WriteResult, WriteStatus
 
 
@@ -52,13 +53,13 @@ class Engine:
         self._state_shape = stepper.state_shape
         self._state_bytes = prod(self._state_shape) * 4  # float32
         self._max_retries = settings.cas_max_retries
-        self._batch_concurrency = settings.batch_concurrency
         if settings.cold_start == "model":
             self._cold_scores = stepper.scores(stepper.cold_start_hidden()[None])[0]
         else:
             self._cold_scores = artifact.popularity.numpy().astype(np.float32)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._batcher = MicroBatcher(stepper) if settings.micro_batch else None
+        self._cache = StateCache(settings.state_cache_users, store.max_len)
         # Writer tokens only need to be unique: a random per-process prefix and a counter cost
         # a fraction of uuid4() (~9 µs).
         self._token_prefix = os.urandom(8).hex()
@@ -122,9 +123,17 @@ class Engine:
     async def _commit(
         self, event: Event, index: int | None, token: str, history: bool
     ) -> tuple[WriteResult, Snapshot, FloatArray | None]:
-        """Read → step → check-and-write, retried while another writer got there first."""
+        """Read → step → check-and-write, retried while another writer got there first.
+
+        The read is skipped when this worker wrote the user last (service.state_cache); a
+        refused write answers with the current record, so a retry needs no read either.
+        """
+        cached = self._cache.get(event.user_id, history)
+        snap = cached.snapshot if cached is not None and not self._stale(cached.snapshot) else None
+        expected_token = cached.token if snap is not None and cached is not None else ""
         for attempt in range(self._max_retries):
-            snap = await self._load(event.user_id, event.event_id, history)
+            if snap is None:
+                snap, expected_token = await self._load(event.user_id, event.event_id, history), ""
             state, hidden, rebuilt = self._current(snap)
             if snap.duplicate:
                 return (
@@ -145,18 +154,35 @@ class Engine:
                 model_version=self.model_version if write_state else "",
                 applied=index is not None,
                 received=True,
+                expected_token=expected_token,
             )
-            result = await self.store.write(event.user_id, write)
-            if result.status != WriteStatus.CONFLICT:
+            result = await self.store.write(event.user_id, write, refresh=history)
+            if result.status in (WriteStatus.WRITTEN, WriteStatus.ALREADY_WRITTEN):
+                self._cache.put(event.user_id, snap, write, result)
                 if rebuilt and result.status == WriteStatus.WRITTEN:
                     telemetry.STATE_REBUILDS.inc()
                 return result, snap, hidden
+            if result.status == WriteStatus.DUPLICATE:
+                if not expected_token:
+                    return result, snap, hidden
+                snap = None  # the duplicate may be newer than this worker's copy: read it
+                continue
+            self._cache.drop(event.user_id)
             telemetry.CAS_RETRIES.inc()
-            # Jittered exponential backoff so competing workers do not collide again.
-            await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+            if not expected_token:
+                # Another writer got there first: jittered exponential backoff so competing
+                # workers do not collide again. (A stale copy of this worker's is no race.)
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+            snap, expected_token = self._usable(result.record), ""
         raise ContentionError(
             f"user {event.user_id!r}: too many concurrent writers; nothing written"
         )
+
+    def _usable(self, record: Snapshot | None) -> Snapshot | None:
+        """A conflict's record, unless it must be rebuilt and came without the history."""
+        if record is None or (self._stale(record) and not record.history_loaded):
+            return None
+        return record
 
     async def apply_event(self, event: Event, k: int, exclude_seen: bool) -> EventResult:
         """Apply one event; with ``k > 0`` also return the user's fresh top-k."""
@@ -252,55 +278,5 @@ class Engine:
     async def delete_user(self, user_id: str) -> bool:
         """Forget a user's state, history and event ids."""
         async with self._lock(user_id):
+            self._cache.drop(user_id)
             return await self.store.delete(user_id)
-
-    async def apply_batch(
-        self, events: Sequence[Event], k: int, exclude_seen: bool
-    ) -> tuple[list[EventResult], str | None]:
-        """Apply events in order per user (users in parallel); one result per event.
-
-        Returns:
-            ``(results, failure)``. ``failure`` is the error kind when Redis failed part-way: the
-            failed event and that user's later events are then reported ``applied: false`` with
-            the reason, and every other result is exact.
-        """
-        telemetry.BATCH_SIZE.observe(len(events))
-        positions: dict[str, list[int]] = {}
-        for position, event in enumerate(events):
-            positions.setdefault(event.user_id, []).append(position)
-        results: list[EventResult | None] = [None] * len(events)
-        limit = asyncio.Semaphore(self._batch_concurrency)
-        failures: list[str] = []
-
-        async def run_user(user_positions: list[int]) -> None:
-            async with limit:
-                for n, position in enumerate(user_positions):
-                    try:
-                        results[position] = await self.apply_event(
-                            events[position], k, exclude_seen
-                        )
-                    except (RedisError, ContentionError) as exc:
-                        reason: Reason = (
-                            "contention"
-                            if isinstance(exc, ContentionError)
-                            else "redis_unavailable"
-                        )
-                        failures.append(reason)
-                        # apply_event counted the failed event; its successors never ran.
-                        telemetry.EVENTS.labels("rejected").inc(len(user_positions) - n - 1)
-                        for later in user_positions[n:]:
-                            results[later] = self._not_applied(events[later], reason)
-                        return
-
-        await asyncio.gather(*(run_user(p) for p in positions.values()))
-        complete = [result for result in results if result is not None]
-        return complete, (failures[0] if failures else None)
-
-    def _not_applied(self, event: Event, reason: Reason) -> EventResult:
-        return EventResult(
-            user_id=event.user_id,
-            applied=False,
-            reason=reason,
-            events_applied=None,
-            model_version=self.model_version,
-        )

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.routing import APIRoute
 
+from service.batch_events import apply_batch
 from service.deps import EngineDep, WriteAccess, require_api_key
 from service.engine import Engine
 from service.errors import (
@@ -99,7 +100,7 @@ async def post_events_batch(
     limit = engine.settings.max_batch_size
     if len(batch.events) > limit:
         raise InvalidInputError(f"body.events: at most {limit} events per batch")
-    results, failure = await engine.apply_batch(batch.events, k, exclude_seen)
+    results, failure = await apply_batch(engine, batch.events, k, exclude_seen)
     if failure is not None:
         failed = sum(result.reason == failure for result in results)
         summary = f"{failed} of {len(results)} events were not processed (see results)."

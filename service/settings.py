@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         "`quantized_min_items` items, CPU only. Adds a quarter of the table's memory.",
     )
     quantized_min_items: int = Field(default=50_000, ge=1)
+    state_cache_users: int = Field(
+        default=4096,
+        ge=0,
+        description="Users whose record this worker keeps as it last wrote it, so their next "
+        "event skips the Redis read (the write still checks version and writer token); "
+        "0 = read every time. Memory: ~3 KB + max_len item ids per user.",
+    )
     cas_max_retries: int = Field(default=32, ge=1, le=1000)
     batch_concurrency: int = Field(default=16, ge=1, le=256)
     redis_timeout_seconds: float = Field(default=2.0, gt=0)

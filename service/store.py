@@ -27,6 +27,10 @@ LAYOUT_VERSION = "v1"
 
 # Checks the event id and the version, then writes everything at once: Redis runs a script
 # atomically, so a failure or a concurrent writer can never leave a half-applied event.
+# ARGV[14], when set, is the token the caller's copy of the record was written with: a writer
+# that skipped the read (service.engine's state cache) then also conflicts when the user was
+# deleted and rebuilt up to the same version meanwhile. ARGV[15] ('', '0', '1') asks for the
+# current record (with the history for '1') in a conflict's reply.
 APPLY_SCRIPT = """
 local state_key, hist_key, eids_key = KEYS[1], KEYS[2], KEYS[3]
 local token, event_id, item = ARGV[2], ARGV[3], ARGV[4]
@@ -39,8 +43,18 @@ end
 if event_id ~= '' and redis.call('ZSCORE', eids_key, event_id) then
   return {2, applied, version}
 end
-if version ~= tonumber(ARGV[1]) then
-  return {0, applied, version}
+if version ~= tonumber(ARGV[1]) or (ARGV[14] ~= '' and fields[2] ~= ARGV[14]) then
+  if ARGV[15] == '' then
+    return {0, applied, version}
+  end
+  -- The current record, so the caller retries without another round trip to read it.
+  local r = redis.call('HMGET', state_key, 'state', 'hidden', 'model_version',
+                       'events_received', 'updated_at')
+  local hist = ''
+  if ARGV[15] == '1' then
+    hist = table.concat(redis.call('LRANGE', hist_key, 0, -1), '\\n')
+  end
+  return {0, applied, version, r[1] or '', r[2] or '', r[3] or '', r[4] or '', r[5] or '', hist}
 end
 version = version + 1
 applied = applied + tonumber(ARGV[8])
@@ -127,6 +141,8 @@ class Write:
     model_version: str = ""
     applied: bool = False
     received: bool = False
+    expected_token: str = ""
+    """When set, the stored record must also carry this writer token (see APPLY_SCRIPT)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,25 @@ class WriteResult:
     status: WriteStatus
     events_applied: int
     version: int
+    record: Snapshot | None = None
+    """On a conflict, the current record when :meth:`UserStore.write` was asked for it."""
+
+
+def _snapshot(reply: list[Any], history: bool) -> Snapshot:
+    """A :class:`Snapshot` from the load script's nine-element reply."""
+    version, state, hidden, model_version, applied, received, updated, items, seen = reply
+    return Snapshot(
+        version=int(version or 0),
+        state=state or None,
+        hidden=hidden or None,
+        model_version=model_version.decode() if model_version else None,
+        events_applied=int(applied or 0),
+        events_received=int(received or 0),
+        updated_at=float(updated) if updated else None,
+        history=items.decode().split("\n") if items else [],
+        history_loaded=history,
+        duplicate=seen == b"1",
+    )
 
 
 def create_redis(
@@ -172,6 +207,11 @@ class UserStore:
         # redis-py's client cost ~0.47 ms of CPU per event for them, the largest single share.
         self._fast = fast_script_client(client)
 
+    @property
+    def max_len(self) -> int:
+        """Recent items kept per user (the history list is trimmed to this length)."""
+        return self._max_len
+
     async def _run(self, script: "AsyncScript", keys: tuple[str, str, str], args: list[Arg]) -> Any:
         if self._fast is not None:
             text = script.script
@@ -196,31 +236,34 @@ class UserStore:
         args: list[Arg] = ["1" if history else "0", event_id or ""]
         with telemetry.redis_timer("load"):
             reply = await self._run(self._load, self.keys(user_id), args)
-        version, state, hidden, model_version, applied, received, updated, items, seen = reply
-        return Snapshot(
-            version=int(version or 0),
-            state=state or None,
-            hidden=hidden or None,
-            model_version=model_version.decode() if model_version else None,
-            events_applied=int(applied or 0),
-            events_received=int(received or 0),
-            updated_at=float(updated) if updated else None,
-            history=items.decode().split("\n") if items else [],
-            history_loaded=history,
-            duplicate=seen == b"1",
-        )
+        return _snapshot(reply, history)
 
-    async def write(self, user_id: str, write: Write, operation: str = "apply") -> WriteResult:
-        """Run the atomic check-and-write script; nothing changes unless it returns WRITTEN."""
+    async def write(
+        self, user_id: str, write: Write, operation: str = "apply", refresh: bool | None = None
+    ) -> WriteResult:
+        """Run the atomic check-and-write script; nothing changes unless it returns WRITTEN.
+
+        With ``refresh`` set, a conflict's result carries the current record (with the history
+        when ``refresh`` is True), as :meth:`load` would return it without an event id.
+        """
         args: list[Arg] = [
             write.expected_version, write.token, write.event_id, write.item,
             write.state, write.hidden, write.model_version,
             int(write.applied), int(write.received), f"{time.time():.6f}",
-            self._max_len, self._ttl, self._max_event_ids,
+            self._max_len, self._ttl, self._max_event_ids, write.expected_token,
+            "" if refresh is None else str(int(refresh)),
         ]  # fmt: skip
         with telemetry.redis_timer(operation):
-            status, applied, version = await self._run(self._apply, self.keys(user_id), args)
-        return WriteResult(WriteStatus(int(status)), int(applied), int(version))
+            reply = await self._run(self._apply, self.keys(user_id), args)
+        result = WriteResult(WriteStatus(int(reply[0])), int(reply[1]), int(reply[2]))
+        if len(reply) == 3:
+            return result
+        state, hidden, model_version, received, updated, items = reply[3:]
+        record = _snapshot(
+            [reply[2], state, hidden, model_version, reply[1], received, updated, items, b"0"],
+            bool(refresh),
+        )
+        return WriteResult(result.status, result.events_applied, result.version, record)
 
     async def delete(self, user_id: str) -> bool:
         """Forget a user (state, history, event ids); True if anything existed."""

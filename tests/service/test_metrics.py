@@ -72,11 +72,15 @@ def test_counters_and_histograms_move_with_traffic(client: TestClient) -> None:
     assert delta("lrurec_events_total", outcome="rejected") == 1
     assert delta("lrurec_errors_total", kind="validation") == 1
     assert delta("lrurec_cold_starts_total") >= 1
-    assert delta("lrurec_model_step_seconds_count") == 4
+    # 4 applied events, plus the duplicate's step: from the worker's copy of m1 the duplicate
+    # is only found by the write, which refuses it (service.state_cache).
+    assert delta("lrurec_model_step_seconds_count") == 5
     assert delta("lrurec_score_seconds_count") >= 4
     assert delta("lrurec_batch_size_count") == 1
     assert delta("lrurec_batch_size_sum") == 3
-    assert delta("lrurec_redis_seconds_count", operation="load") >= 6
+    # Reads: m1's first event, the duplicate (this worker's copy may predate it), the GET and
+    # m2's first event; the other events start from the worker's copy (service.state_cache).
+    assert delta("lrurec_redis_seconds_count", operation="load") >= 4
     assert delta("lrurec_redis_seconds_count", operation="apply") >= 5
     route = {"route": "/recommendations/{user_id}", "method": "GET", "status": "2xx"}
     assert delta("lrurec_http_request_duration_seconds_count", **route) == 1
