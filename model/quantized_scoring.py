@@ -148,7 +148,9 @@ class TwoStageTopK:
         outliers = self.quantized.outliers
         if outliers.size and excluded.size:
             outliers = outliers[~np.isin(outliers, excluded)]
-        outlier_scores = self.exact(hidden, outliers).double().numpy()
+        outlier_scores = (
+            self.exact(hidden, outliers).double().numpy() if outliers.size else np.zeros(0)
+        )
         unit, bound = float(queries.unit[position]), float(queries.bound[position])
         candidates = self.candidates(scores, excluded, unit, bound, outlier_scores, k)
         if candidates is None:

@@ -40,6 +40,16 @@ def test_onnx_kernel_equals_the_reference_kernel(rows: int) -> None:
     np.testing.assert_array_equal(kernel(codes), reference_scores(codes, quantized))
 
 
+def test_onnx_kernel_reuses_its_buffers_across_row_counts() -> None:
+    table = torch.randn(3_001, 8, generator=torch.Generator().manual_seed(9))
+    quantized = quantize_table(table, None, block=64)
+    kernel = OnnxIntKernel(quantized, rows=3)
+    generator = np.random.default_rng(9)
+    for rows in (3, 1, 2, 3, 1):
+        codes = generator.integers(1, 256, size=(rows, 9), dtype=np.uint8)
+        np.testing.assert_array_equal(kernel(codes), reference_scores(codes, quantized))
+
+
 def test_quantized_stepper_top_k_equals_the_exact_one(big_artifact: Path) -> None:
     artifact = load_artifact(big_artifact)
     exact = TorchStepper(artifact)
