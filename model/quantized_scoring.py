@@ -152,7 +152,10 @@ class TwoStageTopK:
             self.exact(hidden, outliers).double().numpy() if outliers.size else np.zeros(0)
         )
         unit, bound = float(queries.unit[position]), float(queries.bound[position])
-        candidates = self.candidates(scores, excluded, unit, bound, outlier_scores, k)
+        finite = np.isfinite(unit) and np.isfinite(bound) and np.isfinite(outlier_scores).all()
+        candidates = (
+            self.candidates(scores, excluded, unit, bound, outlier_scores, k) if finite else None
+        )  # a non-finite hidden vector has no bound: the exact scan handles it as fp32 does
         if candidates is None:
             self.stats.fallbacks += 1
             values, indices = chunked_top_k(

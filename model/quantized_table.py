@@ -220,25 +220,27 @@ def quantize_queries(hidden: Tensor, quantized: QuantizedTable) -> QuantizedQuer
     """Quantise ``hidden [b, d]`` for ``quantized``; bound the error of every approximate score."""
     h = hidden.detach().to("cpu", torch.float64).numpy()
     q = np.concatenate([h, np.full((h.shape[0], 1), quantized.bias_feature)], axis=1)  # [b, D]
-    top = np.abs(q).max(axis=1)  # [b]; > 0 because c > 0
-    scale = top / LEVELS
-    u = np.clip(np.rint(q / scale[:, None]), -LEVELS, LEVELS)  # [b, D], integral
-    residual = q - scale[:, None] * u  # [b, D]
-    l1 = np.abs(q).sum(axis=1)  # [b]
-    # Each term has two valid forms, Hölder (L1 × L∞) and Cauchy-Schwarz (L2 × L2): take the
-    # smaller (on ML-1M embeddings the L2 forms are the tighter ones for most queries).
-    table_term = np.minimum(
-        np.abs(q) @ quantized.column_error, np.linalg.norm(q, axis=1) * quantized.error_l2
-    )
-    query_term = np.minimum(
-        np.abs(residual).max(axis=1) * quantized.max_l1,
-        np.linalg.norm(residual, axis=1) * quantized.max_l2,
-    )
-    # The exact float32 score h·e + b differs from the real one by at most γ_D · Σ|q_j ẽ_ij|, and
-    # |ẽ_ij| ≤ (LEVELS + 1/2) s_t; twice that covers any summation order and the float64 here.
-    rounding = 2 * (q.shape[1] + 2) * UNIT_ROUNDOFF * l1 * (LEVELS + 1) * quantized.scale
-    bound = (table_term + query_term) * (1 + 1e-9) + rounding  # 1e-9: the float64 arithmetic
-    codes = (u + ZERO_POINT).astype(np.uint8)
+    # A non-finite hidden vector gives a non-finite bound (callers then scan exactly).
+    with np.errstate(invalid="ignore", over="ignore"):
+        top = np.abs(q).max(axis=1)  # [b]; > 0 because c > 0
+        scale = top / LEVELS
+        u = np.clip(np.rint(q / scale[:, None]), -LEVELS, LEVELS)  # [b, D], integral
+        residual = q - scale[:, None] * u  # [b, D]
+        l1 = np.abs(q).sum(axis=1)  # [b]
+        # Each term has two valid forms, Hölder (L1 × L∞) and Cauchy-Schwarz (L2 × L2): take the
+        # smaller (on ML-1M embeddings the L2 forms are the tighter ones for most queries).
+        table_term = np.minimum(
+            np.abs(q) @ quantized.column_error, np.linalg.norm(q, axis=1) * quantized.error_l2
+        )
+        query_term = np.minimum(
+            np.abs(residual).max(axis=1) * quantized.max_l1,
+            np.linalg.norm(residual, axis=1) * quantized.max_l2,
+        )
+        # The exact float32 score h·e + b differs from the real one by at most γ_D Σ|q_j ẽ_ij|,
+        # and |ẽ_ij| ≤ (LEVELS + 1/2) s_t; twice that covers any summation order and float64.
+        rounding = 2 * (q.shape[1] + 2) * UNIT_ROUNDOFF * l1 * (LEVELS + 1) * quantized.scale
+        bound = (table_term + query_term) * (1 + 1e-9) + rounding  # 1e-9: the float64 arithmetic
+        codes = (np.nan_to_num(u) + ZERO_POINT).astype(np.uint8)
     return QuantizedQueries(codes=codes, unit=scale * quantized.scale, bound=bound)
 
 

@@ -183,6 +183,16 @@ def test_constant_table_makes_every_item_a_candidate_and_stays_exact() -> None:
     assert scorer.stats.candidates[-1] >= 499
 
 
+def test_non_finite_hidden_falls_back_to_the_exact_scan() -> None:
+    table, bias = random_table(500, 8, 9)
+    hidden = torch.randn(2, 8, generator=torch.Generator().manual_seed(9))
+    hidden[0, 3] = torch.inf
+    scorer = TwoStageTopK(table, bias, block=64)
+    _, indices = scorer(hidden, 5)
+    assert scorer.stats.fallbacks == 1
+    assert torch.equal(indices[1], chunked_top_k(hidden[1:], table, bias, 5)[1][0])
+
+
 def test_bad_exclusions_are_rejected() -> None:
     table, bias = random_table(100, 8, 8)
     scorer = TwoStageTopK(table, bias)
