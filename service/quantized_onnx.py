@@ -101,7 +101,15 @@ class OnnxIntKernel:
         width = min(CHECK_COLUMNS, quantized.codes.shape[1])
         got = self(codes)[:, :width]
         head = replace(quantized, codes=quantized.codes[:, :width])
-        if not np.array_equal(got, reference_scores(codes, head)):
+        # And a table of extreme codes (±127), where a saturating kernel would go wrong.
+        extremes = np.where(generator.random((codes.shape[1], 64)) < 0.5, 1, 255).astype(np.uint8)
+        probe = replace(quantized, codes=extremes)
+        session = ort.InferenceSession(kernel_graph(probe), providers=["CPUExecutionProvider"])
+        (probe_scores,) = session.run(None, {"codes": codes})
+        if not (
+            np.array_equal(got, reference_scores(codes, head))
+            and np.array_equal(probe_scores, reference_scores(codes, probe))
+        ):
             raise RuntimeError("onnxruntime MatMulInteger is not exact on this CPU")
 
 
