@@ -147,7 +147,12 @@ def run_case(trained: LRURec, kind: str, n_items: int, args: argparse.Namespace)
     full = cases.lrurec_onnx_session(model, args.threads)
     before = rss_mb()
     started = time.perf_counter()
-    scorer = TwoStageTopK(table, bias, kernel=lambda q, rows: OnnxIntKernel(q, rows, args.threads))
+    scorer = TwoStageTopK(
+        table,
+        bias,
+        kernel=lambda q, rows: OnnxIntKernel(q, rows, args.threads),
+        buffer_bytes=args.buffer_mb << 20,
+    )
     build_s, resident = time.perf_counter() - started, rss_mb() - before
     print(f"\n#### {kind} table, {n_items:,} items\n")
     print(f"- int8 build {build_s:.1f} s; codes {scorer.quantized.codes.nbytes / 1e6:.1f} MB, "
@@ -232,6 +237,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.1, help="ml1m copies: noise / σ")
     parser.add_argument("--queries", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--buffer-mb", type=int, default=64, help="int32 score buffer bound")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per case per round")
     args = parser.parse_args()
