@@ -131,52 +131,64 @@ class Engine:
         cached = self._cache.get(event.user_id, history)
         snap = cached.snapshot if cached is not None and not self._stale(cached.snapshot) else None
         expected_token = cached.token if snap is not None and cached is not None else ""
-        for attempt in range(self._max_retries):
-            if snap is None:
-                snap, expected_token = await self._load(event.user_id, event.event_id, history), ""
-            state, hidden, rebuilt = self._current(snap)
-            if snap.duplicate:
-                return (
-                    WriteResult(WriteStatus.DUPLICATE, snap.events_applied, snap.version),
-                    snap,
-                    hidden,
-                )
-            if index is not None:
-                hidden, state = await self._step(index, state)
-            write_state = state is not None and (index is not None or rebuilt)
-            write = Write(
-                expected_version=snap.version,
-                token=token,
-                event_id=event.event_id or "",
-                item=event.item_id,
-                state=state.tobytes() if write_state and state is not None else b"",
-                hidden=hidden.tobytes() if write_state and hidden is not None else b"",
-                model_version=self.model_version if write_state else "",
-                applied=index is not None,
-                received=True,
-                expected_token=expected_token,
-            )
-            result = await self.store.write(event.user_id, write, refresh=history)
-            if result.status in (WriteStatus.WRITTEN, WriteStatus.ALREADY_WRITTEN):
-                self._cache.put(event.user_id, snap, write, result)
-                if rebuilt and result.status == WriteStatus.WRITTEN:
-                    telemetry.STATE_REBUILDS.inc()
-                return result, snap, hidden
-            if result.status == WriteStatus.DUPLICATE:
-                if not expected_token:
-                    return result, snap, hidden
-                snap = None  # the duplicate may be newer than this worker's copy: read it
-                continue
-            self._cache.drop(event.user_id)
-            telemetry.CAS_RETRIES.inc()
-            if not expected_token:
-                # Another writer got there first: jittered exponential backoff so competing
-                # workers do not collide again. (A stale copy of this worker's is no race.)
-                await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
-            snap, expected_token = self._usable(result.record), ""
+        outcome = telemetry.CACHE_FRESH if expected_token else telemetry.CACHE_MISS
+        try:
+            for attempt in range(self._max_retries):
+                if snap is None:
+                    snap = await self._load(event.user_id, event.event_id, history)
+                    expected_token = ""
+                result, hidden = await self._attempt(event, index, token, snap, expected_token)
+                if result.status != WriteStatus.CONFLICT:
+                    if result.status != WriteStatus.DUPLICATE or not expected_token:
+                        return result, snap, hidden
+                    # The duplicate may be newer than this worker's copy: read the record.
+                    snap, outcome = None, telemetry.CACHE_MISS
+                    continue
+                self._cache.drop(event.user_id)
+                if expected_token:  # this worker's copy was stale: no race, retry at once
+                    outcome = telemetry.CACHE_STALE
+                else:
+                    telemetry.CAS_RETRIES.inc()
+                    # Jittered exponential backoff so competing workers do not collide again.
+                    await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+                snap, expected_token = self._usable(result.record), ""
+        finally:
+            outcome.inc()
         raise ContentionError(
             f"user {event.user_id!r}: too many concurrent writers; nothing written"
         )
+
+    async def _attempt(
+        self, event: Event, index: int | None, token: str, snap: Snapshot, expected_token: str
+    ) -> tuple[WriteResult, FloatArray | None]:
+        """One step from ``snap`` and its check-and-write: ``(result, hidden)``.
+
+        A snapshot that already saw the event id is answered DUPLICATE without a write.
+        """
+        state, hidden, rebuilt = self._current(snap)
+        if snap.duplicate:
+            return WriteResult(WriteStatus.DUPLICATE, snap.events_applied, snap.version), hidden
+        if index is not None:
+            hidden, state = await self._step(index, state)
+        write_state = state is not None and (index is not None or rebuilt)
+        write = Write(
+            expected_version=snap.version,
+            token=token,
+            event_id=event.event_id or "",
+            item=event.item_id,
+            state=state.tobytes() if write_state and state is not None else b"",
+            hidden=hidden.tobytes() if write_state and hidden is not None else b"",
+            model_version=self.model_version if write_state else "",
+            applied=index is not None,
+            received=True,
+            expected_token=expected_token,
+        )
+        result = await self.store.write(event.user_id, write, refresh=snap.history_loaded)
+        if result.status in (WriteStatus.WRITTEN, WriteStatus.ALREADY_WRITTEN):
+            self._cache.put(event.user_id, snap, write, result)
+            if rebuilt and result.status == WriteStatus.WRITTEN:
+                telemetry.STATE_REBUILDS.inc()
+        return result, hidden
 
     def _usable(self, record: Snapshot | None) -> Snapshot | None:
         """A conflict's record, unless it must be rebuilt and came without the history."""

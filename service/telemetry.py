@@ -72,6 +72,12 @@ REDIS_SECONDS = Histogram(
 BATCH_SIZE = Histogram("lrurec_batch_size", "Events per batch request.", buckets=BATCH_BUCKETS)
 EVENTS = Counter("lrurec_events_total", "Events received by outcome.", ["outcome"])
 CAS_RETRIES = Counter("lrurec_cas_retries_total", "Per-user writes retried after a conflict.")
+STATE_CACHE = Counter(
+    "lrurec_state_cache_events_total",
+    "Events by use of the worker's copy of the user's record: fresh (no read), stale (the "
+    "write was refused and retried; not a CAS retry), miss (read from Redis).",
+    ["outcome"],
+)
 COLD_STARTS = Counter("lrurec_cold_starts_total", "Recommendations served to users without state.")
 STATE_REBUILDS = Counter(
     "lrurec_state_rebuilds_total", "States rebuilt from history after a model-version change."
@@ -95,6 +101,7 @@ for _outcome in EVENT_OUTCOMES:
     EVENTS.labels(_outcome)
 for _kind in ERROR_KINDS:
     ERRORS.labels(_kind)
+CACHE_FRESH, CACHE_STALE, CACHE_MISS = (STATE_CACHE.labels(o) for o in ("fresh", "stale", "miss"))
 
 
 FLUSH_EVERY = 256

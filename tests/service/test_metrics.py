@@ -16,6 +16,7 @@ CONTRACT = {
     "lrurec_batch_size": "histogram",
     "lrurec_events_total": "counter",
     "lrurec_cas_retries_total": "counter",
+    "lrurec_state_cache_events_total": "counter",
     "lrurec_cold_starts_total": "counter",
     "lrurec_state_rebuilds_total": "counter",
     "lrurec_errors_total": "counter",

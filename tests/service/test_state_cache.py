@@ -51,9 +51,12 @@ def test_a_workers_later_events_for_a_user_skip_the_read(
     client: TestClient, redis_client: "redis.Redis", tiny_artifact: Path
 ) -> None:
     before = _count("load")
+    fresh, miss = telemetry.CACHE_FRESH._value.get(), telemetry.CACHE_MISS._value.get()
     for n in range(5):
         assert post(client, "c1", f"item-{n + 1}")["events_applied"] == n + 1
     assert _count("load") - before == 1  # only the first event read the record
+    assert telemetry.CACHE_MISS._value.get() - miss == 1
+    assert telemetry.CACHE_FRESH._value.get() - fresh == 4
     assert_stored_state_is_history_stepped(client, redis_client, tiny_artifact, "c1", 5)
 
 
@@ -73,8 +76,10 @@ def test_a_copy_made_stale_by_another_worker_is_refused_and_replaced(
         post(first, "c2", "item-2")  # first now holds c2 at version 2
         post(second, "c2", "item-3")  # version 3, written by second
         retries = telemetry.CAS_RETRIES._value.get()
+        stale = telemetry.CACHE_STALE._value.get()
         body = post(first, "c2", "item-4")  # from the stale copy: refused, retried
-        assert telemetry.CAS_RETRIES._value.get() == retries + 1
+        assert telemetry.CACHE_STALE._value.get() == stale + 1
+        assert telemetry.CAS_RETRIES._value.get() == retries  # a stale copy is not a race
         assert body["applied"] is True
         assert body["events_applied"] == 4
         assert_stored_state_is_history_stepped(first, redis_client, tiny_artifact, "c2", 4)
