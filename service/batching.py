@@ -5,8 +5,9 @@ Concurrent events reach the model together when their Redis replies arrive toget
 client delivers every reply of one read in one callback), so under load several events wait in
 the same iteration. A batched call costs less than the same calls one by one (one dispatch,
 one matrix product over the catalogue); at low load every event is a batch of one and pays a
-future and a callback for nothing, hence off by default. Results are the same as unbatched calls
-(row-wise independent computations; pinned by tests/service/test_batching.py).
+future and a callback for nothing, so the engine calls the model directly when only one event
+is in flight. Results are the same as unbatched calls (row-wise independent computations;
+pinned by tests/service/test_batching.py).
 """
 
 import asyncio

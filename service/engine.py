@@ -59,6 +59,8 @@ class Engine:
             self._cold_scores = artifact.popularity.numpy().astype(np.float32)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._batcher = MicroBatcher(stepper) if settings.micro_batch else None
+        self._in_flight = 0
+        """Events between arrival and answer: with one, nothing could share its model call."""
         self._cache = StateCache(settings.state_cache_users, store.max_len)
         # Writer tokens only need to be unique: a random per-process prefix and a counter cost
         # a fraction of uuid4() (~9 µs).
@@ -114,7 +116,7 @@ class Engine:
 
     async def _step(self, index: int, state: FloatArray | None) -> tuple[FloatArray, FloatArray]:
         base = state if state is not None else np.zeros(self._state_shape, dtype=np.float32)
-        if self._batcher is not None:
+        if self._batcher is not None and self._in_flight > 1:
             return await self._batcher.step(index, base)
         with telemetry.MODEL_STEP.time():
             hidden, states = self.stepper.step(np.asarray([index], dtype=np.int64), base[None])
@@ -202,6 +204,15 @@ class Engine:
 
     async def apply(self, event: Event, k: int, exclude_seen: bool) -> Applied:
         """:meth:`apply_event` without building the response model."""
+        # Counted for micro-batching: an event alone in the process runs its model calls
+        # inline, without waiting an event-loop iteration for others that cannot come.
+        self._in_flight += 1
+        try:
+            return await self._apply(event, k, exclude_seen)
+        finally:
+            self._in_flight -= 1
+
+    async def _apply(self, event: Event, k: int, exclude_seen: bool) -> Applied:
         index = self._index.get(event.item_id)
         try:
             async with self._lock(event.user_id):
@@ -229,7 +240,7 @@ class Engine:
     ) -> tuple[bool, Ranked]:
         """(cold_start, items): the model's top-k for ``hidden``, or the cold-start list."""
         exclude = self._known(seen)
-        if hidden is not None and self._batcher is not None:
+        if hidden is not None and self._batcher is not None and self._in_flight > 1:
             indices, scores = await self._batcher.top_k(hidden, k, exclude)
         else:
             with telemetry.SCORE.time():
