@@ -1,20 +1,27 @@
 """ONNX export of LRURec's serving graphs: one step (+ scores) with real tensors in and out.
 
 ONNX Runtime has no complex type (onnx/onnx#6480), so the exported graph is the folded real-valued
-step of :mod:`model.folded`, whose state layout is the serving one. Fixed names (the contract
-with any runtime):
+step of :mod:`model.folded` (same function, pinned by tests/model/test_export.py), on the serving
+state layout. Fixed names (the contract with any runtime):
 
     step graph   inputs   items      int64   [batch]                 one item per user
                           state      float32 [batch, n_layers, 2, n] (Re h, Im h) per layer
                  outputs  hidden     float32 [batch, d]
                           new_state  float32 [batch, n_layers, 2, n]
                           scores     float32 [batch, v]              column 0 (padding) is -inf
-    step graph with ``top_k=k``: also  top_scores float32 [batch, k], top_items int64 [batch, k]
-                 (the best k items, best first, by an in-graph TopK)
+    step graph with ``top_k=k``: ``scores`` replaced by top_scores float32 [batch, k] and
+                 top_items int64 [batch, k] (the best k items, best first, by an in-graph TopK)
     state graph  the step graph without ``scores`` (ONNX Runtime computes every node of a
                  graph whatever outputs are requested, and scoring 1M items costs milliseconds)
     score graph  input    hidden     float32 [batch, d]
                  output   scores     float32 [batch, v]              column 0 is -inf
+    rank graph   inputs   hidden     float32 [batch, d]
+                          exclude    int64   [batch, m]              items never returned; pad
+                                                                     rows with 0 (padding)
+                          k          int64   [1]                     1 <= k <= v
+                 outputs  top_scores float32 [batch, k], top_items int64 [batch, k], best first;
+                          an excluded item (or column 0) can only appear with score -inf, when
+                          fewer than k items are left: callers drop non-finite scores
 
 The batch axis is dynamic. With ``table_inputs=True`` the item table and score bias become graph
 inputs ``item_embedding`` ``[v, d]`` and ``item_bias`` ``[v]`` (``v`` dynamic; the state graph
@@ -22,8 +29,16 @@ only takes the table) whose defaults are stored as initializers of the same name
 may feed a different catalogue or leave them out. ONNX Runtime does not constant-fold such
 overridable inputs, which is why they are off by default.
 
+At batch 1 ONNX Runtime's cost is mostly per node (about 4,000 instructions each, against about
+20,000 for a whole ``run``), so the step graph is written for few nodes: the decay of every
+layer's old state is one Mul + ReduceSum at the start (it does not depend on the new event), and
+each layer's input projection adds it as the Gemm's C operand. ``skip_layer_norm=True``
+additionally fuses each residual Add + LayerNormalization into ONNX Runtime's
+``com.microsoft.SkipLayerNormalization`` (not a standard op; the service and benchmarks use it).
+
 The exporter is the TorchScript one (``dynamo=False``): the dynamo exporter needs ``onnxscript``,
-which is not a dependency, and the classic one handles this small graph exactly.
+which is not a dependency, and the classic one handles this small graph exactly. The rank graph
+(five nodes, with a data-dependent TopK width) is written with ``onnx.helper`` directly.
 """
 
 import io
@@ -34,7 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.folded import fold_layer, folded_step
+from model.export_graphs import add_default_inputs, fuse_skip_layer_norm, rank_graph
+from model.folded import FoldedLayer, fold_layer
+from model.layers import LRUBlock
 from model.lrurec import LRURec
 from model.shapes import Hidden, Items, Scores, State
 
@@ -46,6 +63,8 @@ STATE_OUTPUTS = ("hidden", "new_state")
 TOP_K_OUTPUTS = ("top_scores", "top_items")
 SCORE_INPUTS = ("hidden",)
 SCORE_OUTPUTS = ("scores",)
+RANK_INPUTS = ("hidden", "exclude", "k")
+GRAPHS = ("step", "state", "score", "rank")
 
 
 def masked_scores(hidden: Hidden, table: Tensor, bias: Tensor, padding: Tensor) -> Scores:
@@ -62,16 +81,34 @@ def _padding_score(model: LRURec) -> Tensor:
     return torch.full_like(model.item_bias.detach()[:1], -torch.inf)
 
 
+def _norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def rotation(layer: FoldedLayer) -> Tensor:
+    """λ as a real 2×2 matrix per channel, ``[2, 2, n]``: ``h'[i] = Σ_l R[i, l] ⊙ h[l]``.
+
+    ``i, l`` index (Re, Im): Re h' = Re λ Re h - Im λ Im h, Im h' = Im λ Re h + Re λ Im h.
+    """
+    re, im = layer.decay_same[0], layer.decay_cross[1]
+    return torch.stack([torch.stack([re, -im]), torch.stack([im, re])])
+
+
 class StepModule(nn.Module):
     """LRURec step and scores with real tensors only; the λ, γ, B, C folding is a snapshot.
+
+    The same function as :func:`model.folded.folded_step`, arranged for few ONNX nodes (module
+    docstring): λ ⊙ h + γ ⊙ b for every layer first, then per layer ``h' = that + x (γB)ᵀ``.
 
     Args:
         model: the LRURec to serve (its weights at construction time are folded in).
         with_scores: also return the scores (the step graph); ``False`` gives the state graph.
-        top_k: with scores, also return the best ``top_k`` (scores, item indices), best first.
+        top_k: with scores, return the best ``top_k`` (scores, item indices) instead of them.
     """
 
     padding: Tensor
+    rotations: Tensor
+    input_bias: Tensor
 
     def __init__(self, model: LRURec, with_scores: bool = True, top_k: int | None = None) -> None:
         super().__init__()
@@ -82,6 +119,30 @@ class StepModule(nn.Module):
         self.top_k = top_k
         self.layers = [fold_layer(block) for block in model.blocks]  # type: ignore[arg-type]
         self.register_buffer("padding", _padding_score(model))
+        self.register_buffer("rotations", torch.stack([rotation(f) for f in self.layers]))
+        biases = torch.stack([f.u_bias for f in self.layers])  # [k, 2n]
+        self.register_buffer("input_bias", biases.view(len(self.layers), 2, -1))  # [k, 2, n]
+
+    def _state_step(self, items: Items, state: State, table: Tensor) -> tuple[Hidden, State]:
+        model, n_layers = self.model, len(self.layers)
+        n = self.model.config.d_state  # a Python int: constant reshapes export without Shape ops
+        x = _norm(torch.embedding(table, items), model.embedding_norm)  # [b, d]
+        # λ ⊙ h + γ ⊙ b of every layer at once: [b, k, 1, 2, n] * [k, 2, 2, n], summed over l.
+        decayed = (state.view(-1, n_layers, 1, 2, n) * self.rotations).sum(dim=3)
+        carried = torch.split((decayed + self.input_bias).view(-1, n_layers * 2 * n), 2 * n, dim=1)
+        new_layers = []
+        for block, folded, carry in zip(model.blocks, self.layers, carried, strict=True):
+            assert isinstance(block, LRUBlock)
+            h = torch.addmm(carry, x, folded.u_weight.t())  # [b, 2n] = (Re h'; Im h')
+            new_layers.append(h)
+            lru, ffn = block.lru, block.ffn
+            y = F.linear(h, folded.c_weight, lru.c_re)
+            x = _norm(y + x, lru.norm)
+            z = F.linear(
+                F.gelu(F.linear(x, ffn.w_1.weight, ffn.w_1.bias)), ffn.w_2.weight, ffn.w_2.bias
+            )
+            x = _norm(z + x, ffn.norm)
+        return x, torch.cat(new_layers, dim=1).view(-1, n_layers, 2, n)
 
     def forward(
         self,
@@ -92,11 +153,11 @@ class StepModule(nn.Module):
     ) -> tuple[Tensor, ...]:
         """``items [b]``, ``state [b, k, 2, n]`` → ``(hidden [b, d], new_state, scores [b, v])``.
 
-        Without ``with_scores`` only ``(hidden, new_state)``; with ``top_k`` also
-        ``(top_scores [b, k], top_items [b, k])``.
+        Without ``with_scores`` only ``(hidden, new_state)``; with ``top_k``
+        ``(hidden, new_state, top_scores [b, k], top_items [b, k])``.
         """
         table = self.model.embedding.weight if item_embedding is None else item_embedding
-        hidden, new_state = folded_step(self.model, self.layers, items, state, table)
+        hidden, new_state = self._state_step(items, state, table)
         if not self.with_scores:
             return hidden, new_state
         bias = self.model.item_bias if item_bias is None else item_bias
@@ -104,7 +165,7 @@ class StepModule(nn.Module):
         if self.top_k is None:
             return hidden, new_state, scores
         top_scores, top_items = torch.topk(scores, self.top_k, dim=1)
-        return hidden, new_state, scores, top_scores, top_items
+        return hidden, new_state, top_scores, top_items
 
 
 class ScoreModule(nn.Module):
@@ -123,18 +184,6 @@ class ScoreModule(nn.Module):
         table = self.model.embedding.weight if item_embedding is None else item_embedding
         bias = self.model.item_bias if item_bias is None else item_bias
         return masked_scores(hidden, table, bias, self.padding)
-
-
-def _add_default_inputs(onnx_bytes: bytes, defaults: dict[str, Tensor]) -> bytes:
-    """Store ``defaults`` as initializers named like graph inputs: overridable default values."""
-    import onnx  # only needed for this option; model/ otherwise depends on torch alone
-    from onnx import numpy_helper
-
-    graph_model = onnx.load_from_string(onnx_bytes)
-    for name, value in defaults.items():
-        array = value.detach().cpu().contiguous().numpy()
-        graph_model.graph.initializer.append(numpy_helper.from_array(array, name=name))
-    return bytes(graph_model.SerializeToString())
 
 
 def _export(
@@ -169,6 +218,7 @@ def export_onnx(
     graph: str = "step",
     table_inputs: bool = False,
     top_k: int | None = None,
+    skip_layer_norm: bool = False,
 ) -> bytes:
     """Export one serving graph of ``model`` to ONNX.
 
@@ -176,22 +226,32 @@ def export_onnx(
         model: an LRURec; exported in eval mode, its own mode is left as it was.
         path: where to write the ``.onnx`` file; ``None`` only returns the bytes.
         graph: ``"step"`` (items, state → hidden, new_state, scores), ``"state"`` (the same
-            without scores) or ``"score"`` (hidden → scores); see the module docstring.
-        table_inputs: make ``item_embedding`` (and ``item_bias``) overridable graph inputs.
-        top_k: step graph only: add the ``top_scores``/``top_items`` outputs for this k.
+            without scores), ``"score"`` (hidden → scores) or ``"rank"`` (hidden, exclude, k →
+            top-k); see the module docstring.
+        table_inputs: make ``item_embedding`` (and ``item_bias``) overridable graph inputs
+            (not for the rank graph).
+        top_k: step graph only: replace ``scores`` by ``top_scores``/``top_items`` for this k.
+        skip_layer_norm: fuse residual + LayerNorm into ONNX Runtime's SkipLayerNormalization.
 
     Returns:
         The serialised ONNX model.
     """
-    if graph not in ("step", "state", "score"):
-        raise ValueError(f"graph must be 'step', 'state' or 'score', got {graph!r}")
+    if graph not in GRAPHS:
+        raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
     if top_k is not None and not (graph == "step" and 1 <= top_k < model.config.vocab_size):
         raise ValueError(f"top_k needs the step graph and 1 <= k <= n_items, got {top_k}")
+    if graph == "rank" and table_inputs:
+        raise ValueError("the rank graph has no table inputs")
     was_training = model.training
     try:
-        data = _export_graph(model.eval(), graph, table_inputs, top_k)
+        if graph == "rank":
+            data = rank_graph(model.embedding.weight, model.item_bias, OPSET)
+        else:
+            data = _export_graph(model.eval(), graph, table_inputs, top_k)
     finally:
         model.train(was_training)
+    if skip_layer_norm:
+        data = fuse_skip_layer_norm(data)
     if path is not None:
         Path(path).write_bytes(data)
     return data
@@ -213,8 +273,10 @@ def _export_graph(model: LRURec, graph: str, table_inputs: bool, top_k: int | No
     else:
         args = (torch.ones(2, dtype=torch.long), model.init_state(2), *tables)
         names = STEP_INPUTS
-        outputs = STEP_OUTPUTS if graph == "step" else STATE_OUTPUTS
-        outputs += TOP_K_OUTPUTS if top_k is not None else ()
+        if graph == "state":
+            outputs = STATE_OUTPUTS
+        else:
+            outputs = STATE_OUTPUTS + (TOP_K_OUTPUTS if top_k is not None else SCORE_OUTPUTS)
         module = StepModule(model, with_scores=graph == "step", top_k=top_k)
     used = set(names + table_names + outputs)
     # eval() also matters after the export: the exporter restores the wrapper's training flag,
@@ -227,5 +289,5 @@ def _export_graph(model: LRURec, graph: str, table_inputs: bool, top_k: int | No
         {name: axis for name, axis in axes.items() if name in used},
     )
     if table_inputs:
-        data = _add_default_inputs(data, dict(zip(table_names, tables, strict=True)))
+        data = add_default_inputs(data, dict(zip(table_names, tables, strict=True)))
     return data

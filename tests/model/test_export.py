@@ -9,6 +9,7 @@ import torch
 
 from model import LRURec, LRURecConfig, SASRec, SASRecConfig
 from model.export import (
+    RANK_INPUTS,
     STATE_OUTPUTS,
     STEP_INPUTS,
     STEP_OUTPUTS,
@@ -77,18 +78,74 @@ def test_onnxruntime_step_matches_torch_over_100_random_states(model: LRURec) ->
     assert_same_recommendations(scores, expected[2])
 
 
-def test_in_graph_top_10_matches_torch_top_10(model: LRURec) -> None:
+@pytest.mark.parametrize("skip_layer_norm", [False, True])
+def test_in_graph_top_10_matches_torch_top_10(model: LRURec, skip_layer_norm: bool) -> None:
     items, state = random_inputs(model)
-    graph = session(export_onnx(model, top_k=10))
-    assert [o.name for o in graph.get_outputs()] == [*STEP_OUTPUTS, *TOP_K_OUTPUTS]
-    outputs = graph.run(
-        ["top_scores", "top_items"], {"items": items.numpy(), "state": state.numpy()}
+    graph = session(export_onnx(model, top_k=10, skip_layer_norm=skip_layer_norm))
+    assert [o.name for o in graph.get_outputs()] == [*STATE_OUTPUTS, *TOP_K_OUTPUTS]
+    hidden, new_state, top_scores, top_items = graph.run(
+        None, {"items": items.numpy(), "state": state.numpy()}
     )
-    expected = torch.topk(torch.from_numpy(run_torch(model, items, state)[2]), 10, dim=1)
-    np.testing.assert_array_equal(outputs[1], expected.indices.numpy())
-    np.testing.assert_allclose(outputs[0], expected.values.numpy(), rtol=0, atol=SCORE_TOLERANCE)
+    expected = run_torch(model, items, state)
+    np.testing.assert_allclose(hidden, expected[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(new_state, expected[1], rtol=0, atol=1e-5)
+    top = torch.topk(torch.from_numpy(expected[2]), 10, dim=1)
+    np.testing.assert_array_equal(top_items, top.indices.numpy())
+    np.testing.assert_allclose(top_scores, top.values.numpy(), rtol=0, atol=SCORE_TOLERANCE)
     with pytest.raises(ValueError, match="top_k"):
         export_onnx(model, graph="state", top_k=10)
+
+
+def test_skip_layer_norm_fuses_every_residual_norm(model: LRURec) -> None:
+    import onnx
+
+    plain = onnx.load_from_string(export_onnx(model, graph="state"))
+    fused = onnx.load_from_string(export_onnx(model, graph="state", skip_layer_norm=True))
+    ops = [node.op_type for node in fused.graph.node]
+    # 2 blocks x (LRU, feed-forward) residuals; the embedding's LayerNorm has no residual.
+    assert ops.count("SkipLayerNormalization") == 4
+    assert ops.count("LayerNormalization") == 1
+    assert len(fused.graph.node) == len(plain.graph.node) - 4
+
+
+def rank_torch(
+    model: LRURec, hidden: torch.Tensor, exclude: list[list[int]], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        scores = model.score(hidden)
+    scores[:, 0] = -torch.inf
+    for row, excluded in enumerate(exclude):
+        scores[row, excluded] = -torch.inf
+    top = torch.topk(scores, k, dim=1)
+    return top.values.numpy(), top.indices.numpy()
+
+
+def test_rank_graph_is_exact_top_k_without_excluded_items(model: LRURec) -> None:
+    items, state = random_inputs(model)
+    with torch.no_grad():
+        hidden, _ = model.reference_step(items, state)
+    generator = np.random.default_rng(3)
+    exclude = [
+        generator.integers(1, N_ITEMS + 1, size=i % 7 * 30).tolist() for i in range(N_STATES)
+    ]
+    width = max(len(row) for row in exclude)
+    padded = np.zeros((N_STATES, width), dtype=np.int64)  # padded with 0: column 0 is -inf anyway
+    for row, excluded in enumerate(exclude):
+        padded[row, : len(excluded)] = excluded
+    graph = session(export_onnx(model, graph="rank"))
+    assert [i.name for i in graph.get_inputs()] == list(RANK_INPUTS)
+    for k in (1, 10, 100):
+        feeds = {"hidden": hidden.numpy(), "exclude": padded, "k": np.array([k], dtype=np.int64)}
+        top_scores, top_items = graph.run(None, feeds)
+        expected_scores, expected_items = rank_torch(model, hidden, exclude, k)
+        np.testing.assert_array_equal(top_items, expected_items)
+        np.testing.assert_allclose(top_scores, expected_scores, rtol=0, atol=SCORE_TOLERANCE)
+    no_exclusions = {"hidden": hidden.numpy()[:2], "exclude": np.zeros((2, 0), dtype=np.int64)}
+    top_scores, top_items = graph.run(None, no_exclusions | {"k": np.array([N_ITEMS], np.int64)})
+    assert np.isfinite(top_scores).all()
+    assert sorted(top_items[0].tolist()) == list(range(1, N_ITEMS + 1))
+    with pytest.raises(ValueError, match="rank graph"):
+        export_onnx(model, graph="rank", table_inputs=True)
 
 
 def test_batch_axis_is_dynamic_and_rows_are_independent(model: LRURec, tmp_path: Path) -> None:
