@@ -1,22 +1,30 @@
-"""ONNX Runtime backend (``LRUREC_BACKEND=onnx``): LRURec's step and scoring as exported graphs.
+"""ONNX Runtime backend (``LRUREC_BACKEND=onnx``): LRURec's step and ranking as exported graphs.
 
-At start-up the artifact's LRURec is exported in memory (:func:`model.export.export_onnx`) to two
-graphs, the state graph (items, state → hidden, new_state) and the score graph (hidden → scores),
-and each gets an :class:`onnxruntime.InferenceSession`. ONNX Runtime executes the small step graph
-with far less per-op overhead than PyTorch eager (see benchmarks/RESULTS.md). History rebuilds
+At start-up the artifact's LRURec is exported in memory (:func:`model.export.export_onnx`) to
+three graphs, each with its own :class:`onnxruntime.InferenceSession`: the state graph (items,
+state → hidden, new_state), the rank graph (hidden, excluded items, k → exact top-k with the
+exclusions applied in-graph) and the score graph (hidden → scores, for the cold-start vector).
+ONNX Runtime executes these small graphs with far less per-op overhead than PyTorch eager
+(benchmarks/RESULTS.md). The step graph goes through IO binding with buffers kept per batch size
+(:class:`BoundSession`), which skips the per-call conversion of the feed dict. History rebuilds
 (``prefill``) and the cold-start vector are rare and stay in PyTorch, which computes the same
 function (tests/model/test_export.py pins the two).
 """
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
 import torch
+from numpy.typing import NDArray
 
 from model import Artifact, LRURec
 from model.export import export_onnx
-from service.runtime import FloatArray, IndexArray, top_k_numpy
+from service.runtime import FloatArray, IndexArray
+
+MAX_BOUND_BATCH = 256
+"""Batch sizes up to this keep their own IO binding (micro-batches are far smaller)."""
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -41,6 +49,71 @@ def providers_for(device: str) -> list[str]:
     )
 
 
+_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
+
+
+class _Binding:
+    """Input and output buffers of one batch size, bound once to an ``IOBinding``."""
+
+    def __init__(self, session: ort.InferenceSession, batch: int) -> None:
+        self.io = session.io_binding()
+        self.inputs = [_buffer(value, batch) for value in session.get_inputs()]
+        self.outputs = [_buffer(value, batch) for value in session.get_outputs()]
+        for value, array in zip(session.get_inputs(), self.inputs, strict=True):
+            self.io.bind_cpu_input(value.name, array)
+        for value, array in zip(session.get_outputs(), self.outputs, strict=True):
+            self.io.bind_output(value.name, "cpu", 0, array.dtype, array.shape, array.ctypes.data)
+
+
+def _buffer(value: ort.NodeArg, batch: int) -> NDArray[np.generic]:
+    """A zeroed array for a graph input or output whose only dynamic axis is the first."""
+    shape = [batch, *value.shape[1:]]
+    if not all(isinstance(size, int) for size in shape):
+        raise ValueError(f"{value.name}: only the batch axis may be dynamic, got {value.shape}")
+    return np.zeros(shape, dtype=_DTYPES[value.type])
+
+
+class BoundSession:
+    """Runs a session on CPU through IO binding, with buffers reused per batch size.
+
+    ``session.run`` converts every feed and allocates every output on each call; at batch 1 that
+    is a measurable share of a step (benchmarks/RESULTS.md). Here the inputs are copied into
+    buffers bound once and the outputs are read from bound buffers. :meth:`run` returns copies,
+    so results stay valid after the next call; a lock keeps concurrent callers apart. Every axis
+    but the first (batch) must be static.
+
+    Args:
+        session: a CPU session.
+        max_batch: batch sizes up to this get buffers; larger ones fall back to ``session.run``.
+    """
+
+    def __init__(self, session: ort.InferenceSession, max_batch: int = MAX_BOUND_BATCH) -> None:
+        self._session = session
+        self._max_batch = max_batch
+        self._names = [value.name for value in session.get_outputs()]
+        self._bindings: dict[int, _Binding] = {}
+        self._lock = threading.Lock()
+        _Binding(session, 1)  # fails now, not on the first event, when an axis is not static
+
+    def run(self, *inputs: NDArray[np.generic]) -> list[NDArray[np.generic]]:
+        """Outputs (in graph order) for ``inputs`` (in graph order), batch size from the first."""
+        batch = len(inputs[0])
+        if batch > self._max_batch:
+            names = [value.name for value in self._session.get_inputs()]
+            outputs: list[NDArray[np.generic]] = self._session.run(
+                self._names, dict(zip(names, inputs, strict=True))
+            )
+            return outputs
+        with self._lock:
+            binding = self._bindings.get(batch)
+            if binding is None:
+                binding = self._bindings[batch] = _Binding(self._session, batch)
+            for buffer, array in zip(binding.inputs, inputs, strict=True):
+                np.copyto(buffer, array)
+            self._session.run_with_iobinding(binding.io)
+            return [output.copy() for output in binding.outputs]
+
+
 class OnnxStepper:
     """The :class:`service.runtime.Stepper` interface on ONNX Runtime sessions (LRURec only).
 
@@ -61,21 +134,29 @@ class OnnxStepper:
         self._model = model.to("cpu").eval()  # export and prefill run on the CPU copy
         options = session_options(threads or torch.get_num_threads())
         providers = providers_for(device)
-        self._step = ort.InferenceSession(export_onnx(model, graph="state"), options, providers)
+        # SkipLayerNormalization is an ONNX Runtime op; fusing it saves 4 of ~30 nodes per step.
+        state = export_onnx(model, graph="state", skip_layer_norm=True)
+        self._step_session = ort.InferenceSession(state, options, providers)
+        on_cpu = providers[0] == "CPUExecutionProvider"
+        self._bound = BoundSession(self._step_session) if on_cpu else None
+        self._rank = ort.InferenceSession(export_onnx(model, graph="rank"), options, providers)
         self._score = ort.InferenceSession(export_onnx(model, graph="score"), options, providers)
         self._state_shape = tuple(model.state_shape)
+        self._vocab = model.config.vocab_size
 
     @property
     def state_shape(self) -> tuple[int, ...]:
         return self._state_shape
 
     def step(self, items: IndexArray, states: FloatArray) -> tuple[FloatArray, FloatArray]:
-        feeds = {
-            "items": np.ascontiguousarray(items, dtype=np.int64),
-            "state": np.ascontiguousarray(states, dtype=np.float32),
-        }
-        hidden, new_states = self._step.run(None, feeds)
-        return hidden, new_states
+        items = np.asarray(items, dtype=np.int64)
+        states = np.asarray(states, dtype=np.float32)
+        if self._bound is not None:
+            hidden, new_states = self._bound.run(items, states)
+        else:
+            feeds = {"items": items, "state": np.ascontiguousarray(states)}
+            hidden, new_states = self._step_session.run(None, feeds)
+        return hidden.astype(np.float32, copy=False), new_states.astype(np.float32, copy=False)
 
     def prefill(self, histories: IndexArray) -> tuple[FloatArray, FloatArray]:
         with torch.inference_mode():
@@ -95,7 +176,19 @@ class OnnxStepper:
     def top_k(
         self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
     ) -> list[tuple[IndexArray, FloatArray]]:
-        scores = self.scores(hidden)
-        return [
-            top_k_numpy(row, k, excluded) for row, excluded in zip(scores, exclude, strict=True)
-        ]
+        """Exact top-k per row by the rank graph; excluded items are masked in-graph."""
+        width = max((len(excluded) for excluded in exclude), default=0)
+        padded = np.zeros((len(exclude), width), dtype=np.int64)  # 0 is padding: already -inf
+        for row, excluded in enumerate(exclude):
+            padded[row, : len(excluded)] = excluded
+        feeds = {
+            "hidden": np.ascontiguousarray(hidden, dtype=np.float32),
+            "exclude": padded,
+            "k": np.array([max(0, min(k, self._vocab))], dtype=np.int64),
+        }
+        top_scores, top_items = self._rank.run(None, feeds)
+        results = []
+        for row_scores, row_items in zip(top_scores, top_items, strict=True):
+            keep = np.isfinite(row_scores)  # fewer than k items left after the exclusions
+            results.append((row_items[keep].astype(np.int64), row_scores[keep]))
+        return results

@@ -3,18 +3,29 @@
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model import SASRec, SASRecConfig, load_artifact, save_artifact
+from model import (
+    Artifact,
+    LRURec,
+    LRURecConfig,
+    SASRec,
+    SASRecConfig,
+    load_artifact,
+    save_artifact,
+)
+from model.export import export_onnx
 from service.main import create_app
-from service.onnx_runtime import OnnxStepper, providers_for
-from service.runtime import build_stepper
+from service.onnx_runtime import BoundSession, OnnxStepper, providers_for, session_options
+from service.runtime import TorchStepper, build_stepper
 from service.settings import Settings
 from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
 
 SCORE_TOLERANCE = 1e-4
+ML1M_ITEMS = 3_416
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +109,58 @@ def test_service_on_the_onnx_backend_recommends_like_torch(
     onnx_items = [entry["item_id"] for entry in answers[1]["items"]]
     assert len(torch_items) == 10
     assert onnx_items == torch_items
+
+
+def _ml1m_sized_artifact() -> Artifact:
+    torch.manual_seed(0)
+    model = LRURec(LRURecConfig(n_items=ML1M_ITEMS, d_model=64, n_layers=2)).eval()
+    item_ids = [f"item-{index}" for index in range(1, ML1M_ITEMS + 1)]
+    popularity = torch.ones(ML1M_ITEMS + 1)
+    return Artifact(model, item_ids, popularity, "parity", model.config.to_dict(), Path())
+
+
+def test_onnx_step_and_top_k_match_torch_over_100_random_states() -> None:
+    artifact = _ml1m_sized_artifact()
+    onnx, reference = OnnxStepper(artifact, threads=1), TorchStepper(artifact)
+    generator = np.random.default_rng(1)
+    states = generator.normal(size=(100, *onnx.state_shape)).astype(np.float32)
+    items = generator.integers(1, ML1M_ITEMS + 1, size=100)
+    exclude = [
+        generator.integers(1, ML1M_ITEMS + 1, size=row % 5 * 20).tolist() for row in range(100)
+    ]
+    for batch in (1, 100):  # batch 1 goes through the IO binding, as served
+        for row in range(0, 100, batch):
+            rows = slice(row, row + batch)
+            hidden, new_states = onnx.step(items[rows], states[rows])
+            expected_hidden, expected_states = reference.step(items[rows], states[rows])
+            np.testing.assert_allclose(hidden, expected_hidden, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(new_states, expected_states, rtol=0, atol=1e-5)
+            ranked = onnx.top_k(hidden, 10, exclude[rows])
+            for (indices, values), (expected_indices, expected_values) in zip(
+                ranked, reference.top_k(expected_hidden, 10, exclude[rows]), strict=True
+            ):
+                np.testing.assert_array_equal(indices, expected_indices)
+                np.testing.assert_allclose(values, expected_values, rtol=0, atol=SCORE_TOLERANCE)
+
+
+def test_bound_session_equals_session_run_and_keeps_returned_arrays(tiny_artifact: Path) -> None:
+    model = load_artifact(tiny_artifact).model
+    assert isinstance(model, LRURec)
+    session = ort.InferenceSession(export_onnx(model, graph="state"), session_options(1))
+    bound = BoundSession(session, max_batch=4)
+    generator = np.random.default_rng(2)
+    kept = []
+    for batch in (1, 3, 1, 6):  # 6 > max_batch: plain session.run
+        items = generator.integers(1, TINY_N_ITEMS + 1, size=batch)
+        states = generator.normal(size=(batch, *model.state_shape)).astype(np.float32)
+        outputs = bound.run(items, states)
+        expected = session.run(None, {"items": items, "state": states})
+        for actual, wanted in zip(outputs, expected, strict=True):
+            np.testing.assert_array_equal(actual, wanted)
+        kept.append((outputs, expected))
+    for outputs, expected in kept:  # later calls did not overwrite earlier results
+        for actual, wanted in zip(outputs, expected, strict=True):
+            np.testing.assert_array_equal(actual, wanted)
+    rank = ort.InferenceSession(export_onnx(model, graph="rank"), session_options(1))
+    with pytest.raises(ValueError, match="only the batch axis"):
+        BoundSession(rank)  # exclude [batch, m] and top-k [batch, k] have dynamic widths
