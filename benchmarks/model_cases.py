@@ -7,14 +7,16 @@ excluded) and keep the best 10.
 """
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from model import LRURec, LRURecConfig, SASRec, SASRecConfig
+from model import Artifact, LRURec, LRURecConfig, SASRec, SASRecConfig
 from model.export import export_onnx
 from model.topk import chunked_top_k
+from service.onnx_runtime import BoundSession, OnnxStepper
 
 Event = Callable[[], object]
 K = 10
@@ -61,23 +63,56 @@ def lrurec_torch_event(model: LRURec, batch: int, chunk_size: int = 65_536) -> E
 
 
 def lrurec_onnx_event(model: LRURec, batch: int, session: ort.InferenceSession) -> Event:
-    """LRURec in ONNX Runtime: the step graph with in-graph scores and TopK (top_k=10)."""
+    """LRURec in ONNX Runtime: the step graph with in-graph TopK, run through IO binding.
+
+    :class:`service.onnx_runtime.BoundSession` copies the inputs into bound buffers and returns
+    copies of the outputs (hidden, new_state, top_scores, top_items), as a server needs them.
+    """
     with torch.inference_mode():
         _, state = model.prefill(random_items(model.config.n_items, (batch, 50), seed=batch))
-    feeds = {
-        "items": random_items(model.config.n_items, (batch,), seed=batch + 1).numpy(),
-        "state": np.ascontiguousarray(state.numpy()),
-    }
-    outputs = ["hidden", "new_state", "top_scores", "top_items"]
+    items = random_items(model.config.n_items, (batch,), seed=batch + 1).numpy()
+    states = np.ascontiguousarray(state.numpy())
+    bound = BoundSession(session)
 
     def event() -> object:
-        return session.run(outputs, feeds)
+        return bound.run(items, states)
 
     return event
 
 
 def lrurec_onnx_session(model: LRURec, threads: int) -> ort.InferenceSession:
-    return ort_session(export_onnx(model, graph="step", top_k=K), threads)
+    """The fused step + TopK graph (SkipLayerNormalization fused, as the service does)."""
+    return ort_session(export_onnx(model, graph="step", top_k=K, skip_layer_norm=True), threads)
+
+
+def lrurec_service_event(model: LRURec, batch: int, threads: int) -> Event:
+    """The onnx backend as the service calls it: ``step``, then ``top_k`` without seen items.
+
+    Two graphs (the state graph, then the rank graph with the 50 history items of each user
+    excluded in-graph), as :class:`service.engine.Engine` calls them around its Redis write.
+    """
+    n_items = model.config.n_items
+    history = random_items(n_items, (batch, 50), seed=batch)
+    with torch.inference_mode():
+        _, state = model.prefill(history)
+    artifact = Artifact(
+        model=model,
+        item_ids=[str(index) for index in range(1, n_items + 1)],
+        popularity=torch.ones(n_items + 1),
+        version="bench",
+        config={},
+        path=Path(),
+    )
+    stepper = OnnxStepper(artifact, "cpu", threads)
+    items = random_items(n_items, (batch,), seed=batch + 1).numpy()
+    states = np.ascontiguousarray(state.numpy())
+    exclude = history.tolist()
+
+    def event() -> object:
+        hidden, _ = stepper.step(items, states)
+        return stepper.top_k(hidden, K, exclude)
+
+    return event
 
 
 def sasrec_event(model: SASRec, batch: int) -> Event:
@@ -122,12 +157,11 @@ def lrurec_onnx_user(
     model: LRURec, session: ort.InferenceSession, n_events: int
 ) -> Callable[[int], object]:
     items = random_items(model.config.n_items, (n_events, 1), seed=7).numpy()
-    state = [np.zeros((1, *model.state_shape), dtype=np.float32)]
-    outputs = ["new_state", "top_scores", "top_items"]
+    state: list[np.ndarray] = [np.zeros((1, *model.state_shape), dtype=np.float32)]
+    bound = BoundSession(session)
 
     def event(index: int) -> object:
-        new_state, scores, top = session.run(outputs, {"items": items[index], "state": state[0]})
-        state[0] = new_state
+        _, state[0], scores, top = bound.run(items[index], state[0])
         return scores, top
 
     return event
