@@ -30,9 +30,9 @@ may feed a different catalogue or leave them out. ONNX Runtime does not constant
 overridable inputs, which is why they are off by default.
 
 At batch 1 ONNX Runtime's cost is mostly per node (about 4,000 instructions each, against about
-20,000 for a whole ``run``), so the step graph is written for few nodes: the decay of every
-layer's old state is one Mul + ReduceSum at the start (it does not depend on the new event), and
-each layer's input projection adds it as the Gemm's C operand. ``skip_layer_norm=True``
+20,000 for a whole ``run``), so the folded step is written for few nodes: the decay of every
+layer's old state is one Mul + ReduceSum + Add at the start (it does not depend on the new
+event), and each layer's input projection adds it as the Gemm's C operand. ``skip_layer_norm=True``
 additionally fuses each residual Add + LayerNormalization into ONNX Runtime's
 ``com.microsoft.SkipLayerNormalization`` (not a standard op; the service and benchmarks use it).
 
@@ -50,8 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.export_graphs import add_default_inputs, fuse_skip_layer_norm, rank_graph
-from model.folded import FoldedLayer, fold_layer
-from model.layers import LRUBlock
+from model.folded import fold, folded_step
 from model.lrurec import LRURec
 from model.shapes import Hidden, Items, Scores, State
 
@@ -81,24 +80,10 @@ def _padding_score(model: LRURec) -> Tensor:
     return torch.full_like(model.item_bias.detach()[:1], -torch.inf)
 
 
-def _norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-
-
-def rotation(layer: FoldedLayer) -> Tensor:
-    """λ as a real 2×2 matrix per channel, ``[2, 2, n]``: ``h'[i] = Σ_l R[i, l] ⊙ h[l]``.
-
-    ``i, l`` index (Re, Im): Re h' = Re λ Re h - Im λ Im h, Im h' = Im λ Re h + Re λ Im h.
-    """
-    re, im = layer.decay_same[0], layer.decay_cross[1]
-    return torch.stack([torch.stack([re, -im]), torch.stack([im, re])])
-
-
 class StepModule(nn.Module):
     """LRURec step and scores with real tensors only; the λ, γ, B, C folding is a snapshot.
 
-    The same function as :func:`model.folded.folded_step`, arranged for few ONNX nodes (module
-    docstring): λ ⊙ h + γ ⊙ b for every layer first, then per layer ``h' = that + x (γB)ᵀ``.
+    The step is :func:`model.folded.folded_step`, written for few ONNX nodes (module docstring).
 
     Args:
         model: the LRURec to serve (its weights at construction time are folded in).
@@ -107,8 +92,6 @@ class StepModule(nn.Module):
     """
 
     padding: Tensor
-    rotations: Tensor
-    input_bias: Tensor
 
     def __init__(self, model: LRURec, with_scores: bool = True, top_k: int | None = None) -> None:
         super().__init__()
@@ -117,32 +100,8 @@ class StepModule(nn.Module):
         self.model = model
         self.with_scores = with_scores
         self.top_k = top_k
-        self.layers = [fold_layer(block) for block in model.blocks]  # type: ignore[arg-type]
+        self.folded = fold(model)
         self.register_buffer("padding", _padding_score(model))
-        self.register_buffer("rotations", torch.stack([rotation(f) for f in self.layers]))
-        biases = torch.stack([f.u_bias for f in self.layers])  # [k, 2n]
-        self.register_buffer("input_bias", biases.view(len(self.layers), 2, -1))  # [k, 2, n]
-
-    def _state_step(self, items: Items, state: State, table: Tensor) -> tuple[Hidden, State]:
-        model, n_layers = self.model, len(self.layers)
-        n = self.model.config.d_state  # a Python int: constant reshapes export without Shape ops
-        x = _norm(torch.embedding(table, items), model.embedding_norm)  # [b, d]
-        # λ ⊙ h + γ ⊙ b of every layer at once: [b, k, 1, 2, n] * [k, 2, 2, n], summed over l.
-        decayed = (state.view(-1, n_layers, 1, 2, n) * self.rotations).sum(dim=3)
-        carried = torch.split((decayed + self.input_bias).view(-1, n_layers * 2 * n), 2 * n, dim=1)
-        new_layers = []
-        for block, folded, carry in zip(model.blocks, self.layers, carried, strict=True):
-            assert isinstance(block, LRUBlock)
-            h = torch.addmm(carry, x, folded.u_weight.t())  # [b, 2n] = (Re h'; Im h')
-            new_layers.append(h)
-            lru, ffn = block.lru, block.ffn
-            y = F.linear(h, folded.c_weight, lru.c_re)
-            x = _norm(y + x, lru.norm)
-            z = F.linear(
-                F.gelu(F.linear(x, ffn.w_1.weight, ffn.w_1.bias)), ffn.w_2.weight, ffn.w_2.bias
-            )
-            x = _norm(z + x, ffn.norm)
-        return x, torch.cat(new_layers, dim=1).view(-1, n_layers, 2, n)
 
     def forward(
         self,
@@ -157,7 +116,7 @@ class StepModule(nn.Module):
         ``(hidden, new_state, top_scores [b, k], top_items [b, k])``.
         """
         table = self.model.embedding.weight if item_embedding is None else item_embedding
-        hidden, new_state = self._state_step(items, state, table)
+        hidden, new_state = folded_step(self.model, self.folded, items, state, table)
         if not self.with_scores:
             return hidden, new_state
         bias = self.model.item_bias if item_bias is None else item_bias

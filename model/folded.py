@@ -2,19 +2,22 @@
 
 The readable step (:meth:`model.layers.LRULayer.step`) recomputes
 λ = exp(-exp(ν_log) + i·exp(θ_log)) and γ on every call and multiplies the real and imaginary
-parts separately. At batch 1 every tensor op costs microseconds of dispatch, which dominates the
-arithmetic, so here they are folded once per weight version into (glossary in
-:mod:`model.shapes`; ``n`` = d_state):
+parts separately. At batch 1 every tensor op costs microseconds of dispatch (and every ONNX node
+thousands of instructions), which dominates the arithmetic, so here they are folded once per
+weight version into (glossary in :mod:`model.shapes`; ``n`` = d_state):
 
-    W_u = [γ⊙B_re; γ⊙B_im]  ``[2n, d]``, b_u = [γ⊙b_re; γ⊙b_im]  one matmul gives u as [re; im]
-    D_same = [Re λ; Re λ], D_cross = [-Im λ; Im λ]  ``[2, n]``    λ⊙h = D_same⊙h + D_cross⊙swap(h)
-    W_c = [C_re, -C_im]  ``[d, 2n]``                              Re(C h) in one matmul
+    R = [[Re λ, -Im λ], [Im λ, Re λ]]  ``[2, 2, n]``    λ ⊙ h as Σ_l R[i, l] ⊙ h[l] on (Re h, Im h)
+    W_uᵀ = [γ⊙B_re; γ⊙B_im]ᵀ  ``[d, 2n]``, b_u = [γ⊙b_re; γ⊙b_im]  ``[2, n]``  u = x W_uᵀ + b_u
+    W_c = [C_re, -C_im]  ``[d, 2n]``                                        Re(C h) in one matmul
 
-which works directly on the serving layout ``state[:, k] = [Re h; Im h]`` (``[b, 2, n]``). One
-block is then 12 tensor ops instead of about 25. It computes the same function as the reference
-step up to float rounding (pinned by tests/model/test_folded.py). The embedding table, the output
-bias c, the LayerNorms and the feed-forward are used live, so only the folded tensors can go stale;
-:class:`FoldedCache` rebuilds them whenever a parameter they derive from changes.
+which works directly on the serving layout ``state[:, k] = [Re h; Im h]`` (``[b, 2, n]``). The
+old state's λ ⊙ h + b_u does not depend on the new event, so it is computed for every layer at
+once (one multiply, one sum, one add); each layer then adds ``x W_uᵀ`` in one ``addmm``. A block
+is 9 tensor ops instead of about 25. It computes the same function as the reference step up to
+float rounding (pinned by tests/model/test_folded.py), and the ONNX export traces it
+(:mod:`model.export`). The embedding table, the output bias c, the LayerNorms and the
+feed-forward are used live, so only the folded tensors can go stale; :class:`FoldedCache`
+rebuilds them whenever a parameter they derive from changes.
 """
 
 from typing import TYPE_CHECKING, NamedTuple
@@ -46,11 +49,20 @@ FOLDED_SOURCES = (
 class FoldedLayer(NamedTuple):
     """Folded constants of one LRU layer (shapes in the module docstring)."""
 
-    u_weight: Tensor
+    rotation: Tensor
+    u_weight_t: Tensor
     u_bias: Tensor
-    decay_same: Tensor
-    decay_cross: Tensor
     c_weight: Tensor
+
+
+class Folded(NamedTuple):
+    """Folded constants of every layer, with the rotations and input biases stacked."""
+
+    layers: list[FoldedLayer]
+    rotations: Tensor
+    """``[n_layers, 2, 2, n]``."""
+    input_bias: Tensor
+    """``[n_layers, 2, n]``."""
 
 
 def fold_layer(block: LRUBlock) -> FoldedLayer:
@@ -58,14 +70,20 @@ def fold_layer(block: LRUBlock) -> FoldedLayer:
     lru = block.lru
     with torch.no_grad():
         gamma = torch.exp(lru.gamma_log).unsqueeze(-1)  # [n, 1]
-        decay_re, decay_im = lru.decay()
+        re, im = lru.decay()
         return FoldedLayer(
-            u_weight=torch.cat([lru.B_re * gamma, lru.B_im * gamma]),  # [2n, d]
-            u_bias=torch.cat([lru.b_re * gamma[:, 0], lru.b_im * gamma[:, 0]]),  # [2n]
-            decay_same=torch.stack([decay_re, decay_re]),  # [2, n]
-            decay_cross=torch.stack([-decay_im, decay_im]),  # [2, n]
+            rotation=torch.stack([torch.stack([re, -im]), torch.stack([im, re])]),  # [2, 2, n]
+            u_weight_t=torch.cat([lru.B_re * gamma, lru.B_im * gamma]).t().contiguous(),
+            u_bias=torch.stack([lru.b_re * gamma[:, 0], lru.b_im * gamma[:, 0]]),  # [2, n]
             c_weight=torch.cat([lru.C_re, -lru.C_im], dim=1),  # [d, 2n]
         )
+
+
+def fold(model: "LRURec") -> Folded:
+    """Fold every block of ``model``."""
+    layers = [fold_layer(block) for block in model.blocks if isinstance(block, LRUBlock)]
+    rotations = torch.stack([layer.rotation for layer in layers])
+    return Folded(layers, rotations, torch.stack([layer.u_bias for layer in layers]))
 
 
 def _layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
@@ -75,7 +93,7 @@ def _layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
 
 def folded_step(
     model: "LRURec",
-    layers: list[FoldedLayer],
+    folded: Folded,
     items: Items,
     state: State,
     table: Tensor | None = None,
@@ -84,7 +102,7 @@ def folded_step(
 
     Args:
         model: the LRURec whose live parameters (norms, feed-forward, c) are used.
-        layers: ``fold_layer`` of each block, in order.
+        folded: ``fold(model)``.
         items: ``LongTensor[b]``.
         state: ``[b, n_layers, 2, n]``.
         table: item embedding ``[v, d]`` to use instead of ``model.embedding.weight``.
@@ -94,22 +112,26 @@ def folded_step(
     """
     table = model.embedding.weight if table is None else table
     x = _layer_norm(torch.embedding(table, items), model.embedding_norm)  # [b, d]
-    n = layers[0].decay_same.shape[1]  # a Python int: constant reshapes export without Shape ops
+    # Python ints from the config: constant reshapes, which export without Shape ops.
+    n_layers, n = model.config.n_layers, model.config.d_state
+    # λ ⊙ h + b_u of every layer: [b, k, 1, 2, n] * [k, 2, 2, n], summed over l → [b, k, 2, n].
+    carried = (state.view(-1, n_layers, 1, 2, n) * folded.rotations).sum(dim=3)
+    carried = (carried + folded.input_bias).view(-1, n_layers * 2 * n)
     new_layers = []
-    for k, (block, folded) in enumerate(zip(model.blocks, layers, strict=True)):
+    for block, layer, carry in zip(
+        model.blocks, folded.layers, torch.split(carried, 2 * n, dim=1), strict=True
+    ):
         assert isinstance(block, LRUBlock)
-        h = state[:, k]  # [b, 2, n]: (Re h, Im h)
-        u = F.linear(x, folded.u_weight, folded.u_bias).view(-1, 2, n)  # [b, 2, n]
-        h = torch.addcmul(torch.addcmul(u, h, folded.decay_same), h.flip(1), folded.decay_cross)
+        h = torch.addmm(carry, x, layer.u_weight_t)  # [b, 2n] = (Re h'; Im h')
         new_layers.append(h)
-        y = F.linear(h.reshape(-1, 2 * n), folded.c_weight, block.lru.c_re)  # [b, d]
+        y = F.linear(h, layer.c_weight, block.lru.c_re)  # [b, d]
         x = _layer_norm(y + x, block.lru.norm)
         ffn = block.ffn
         z = F.linear(
             F.gelu(F.linear(x, ffn.w_1.weight, ffn.w_1.bias)), ffn.w_2.weight, ffn.w_2.bias
         )
         x = _layer_norm(z + x, ffn.norm)
-    return x, torch.stack(new_layers, dim=1)
+    return x, torch.cat(new_layers, dim=1).view(-1, n_layers, 2, n)
 
 
 class FoldedCache:
@@ -129,17 +151,15 @@ class FoldedCache:
             if name.rsplit(".", 1)[-1] in FOLDED_SOURCES
         ]
         self._key: tuple[int, ...] = ()
-        self._layers: list[FoldedLayer] = []
+        self._folded: Folded | None = None
 
     def _current_key(self) -> tuple[int, ...]:
         return (self._sources[0].data_ptr(), *[p._version for p in self._sources])
 
-    def layers(self) -> list[FoldedLayer]:
-        """Up-to-date folded constants, one per block."""
+    def get(self) -> Folded:
+        """Up-to-date folded constants."""
         key = self._current_key()
-        if key != self._key:
-            self._layers = [
-                fold_layer(block) for block in self._model.blocks if isinstance(block, LRUBlock)
-            ]
+        if self._folded is None or key != self._key:
+            self._folded = fold(self._model)
             self._key = key
-        return self._layers
+        return self._folded

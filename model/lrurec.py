@@ -123,7 +123,7 @@ class LRURec(nn.Module):
         """
         if self.training or torch.is_grad_enabled():
             return self.reference_step(items, state)
-        return folded_step(self, self._folded.layers(), items, state)
+        return folded_step(self, self._folded.get(), items, state)
 
     def reference_step(self, items: Items, state: State) -> tuple[Hidden, State]:
         """The readable step, block by block (differentiable, applies dropout in training)."""
