@@ -9,9 +9,11 @@ hits all of them alike. The load comes from ``cli.bench.loadgen`` of *this* tree
 
     git worktree add /tmp/before <commit>
     python -m benchmarks.service_cpu --tree /tmp/before --tree . --rate 400 --rounds 3
+    python -m benchmarks.service_cpu --rate 600 --setting LRUREC_STATE_CACHE_USERS=0,4096
 """
 
 import argparse
+import itertools
 import os
 import statistics
 import subprocess
@@ -38,12 +40,16 @@ uvicorn.run("service.main:create_app", factory=True, port=int(sys.argv[1]), http
 """
 
 
+Variant = tuple[Path, tuple[tuple[str, str], ...]]
+"""A tree and the ``LRUREC_*`` settings its service runs with."""
+
+
 def start(
-    tree: Path, artifact: Path, backend: str, port: int, micro_batch: bool
+    tree: Path, artifact: Path, backend: str, port: int, settings: dict[str, str]
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "PYTHONPATH": str(tree), "LRUREC_ARTIFACT": str(artifact),
-        "LRUREC_BACKEND": backend, "LRUREC_MICRO_BATCH": str(micro_batch).lower(),
+        "LRUREC_BACKEND": backend, **settings,
     }  # fmt: skip
     env.pop("LRUREC_REDIS_URL", None)  # the app starts its own embedded redis-server
     # uvicorn as `lrurec serve` runs it: with the tree's own HTTP protocol class when it has one.
@@ -59,10 +65,10 @@ def cpu(process: psutil.Process) -> tuple[float, float]:
 
 
 def measure(
-    tree: Path, micro_batch: bool, args: argparse.Namespace, artifact: Path
+    tree: Path, settings: dict[str, str], args: argparse.Namespace, artifact: Path
 ) -> dict[str, float]:
     port = free_port()
-    server = start(tree, artifact, args.backend, port, micro_batch)
+    server = start(tree, artifact, args.backend, port, settings)
     try:
         wait_ready(server, port, 1, timeout=180.0)
         item_ids = [str(index) for index in range(1, 3417)]
@@ -80,7 +86,9 @@ def measure(
     return {
         "worker_ms": (after[0] - before[0]) / sent * 1e3,
         "redis_ms": (after[1] - before[1]) / sent * 1e3,
+        "client_ms": result.client_cpu_seconds / sent * 1e3,
         "achieved": result.achieved_rate,
+        "p50_ms": result.percentile_ms(50),
         "p99_ms": result.percentile_ms(99),
     }
 
@@ -97,30 +105,47 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument(
-        "--micro-batch", choices=["off", "on", "both"], default="off",
+        "--micro-batch", choices=["off", "on", "both"], default=None,
         help="LRUREC_MICRO_BATCH of the service; both = measure each tree with and without",
+    )  # fmt: skip
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="NAME=V1[,V2...]",
+        help="an LRUREC_* setting; several values = one variant each (e.g. "
+        "LRUREC_STATE_CACHE_USERS=0,4096); repeatable, variants are all combinations",
     )  # fmt: skip
     args = parser.parse_args()
     trees = [tree.resolve() for tree in (args.tree or [REPO])]
     artifact = bench_artifact(REPO / "benchmarks" / "out" / "service_bench", "lrurec")
-    modes = {"off": [False], "on": [True], "both": [False, True]}[args.micro_batch]
-    variants = [(tree, mode) for tree in trees for mode in modes]
-    samples: dict[tuple[Path, bool], list[dict[str, float]]] = {v: [] for v in variants}
+    variants = _variants(trees, args)
+    samples: dict[Variant, list[dict[str, float]]] = {v: [] for v in variants}
     for _ in range(args.rounds):
-        for tree, mode in variants:
-            samples[(tree, mode)].append(measure(tree, mode, args, artifact))
+        for tree, settings in variants:
+            samples[(tree, settings)].append(measure(tree, dict(settings), args, artifact))
             time.sleep(1.0)
     print(f"rate {args.rate:.0f}/s, backend {args.backend}, load {os.getloadavg()}")
-    print("| tree | micro-batch | worker CPU ms/event | redis-server CPU ms/event | achieved/s "
-          "| p99 ms |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- |")
-    for (tree, mode), rows in samples.items():
+    print("| tree | settings | worker CPU ms/event | redis-server CPU ms/event | client CPU "
+          "ms/event | achieved/s | p50 ms | p99 ms |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for (tree, settings), rows in samples.items():
         med = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        named = " ".join(f"{name}={value}" for name, value in settings) or "(defaults)"
         print(
-            f"| {tree} | {'on' if mode else 'off'} | {med['worker_ms']:.3f} | "
-            f"{med['redis_ms']:.3f} | "
-            f"{med['achieved']:.0f} | {med['p99_ms']:.1f} |"
+            f"| {tree} | {named} | {med['worker_ms']:.3f} | {med['redis_ms']:.3f} | "
+            f"{med['client_ms']:.3f} | {med['achieved']:.0f} | {med['p50_ms']:.1f} | "
+            f"{med['p99_ms']:.1f} |"
         )
+
+
+def _variants(trees: list[Path], args: argparse.Namespace) -> list[Variant]:
+    """Every tree with every combination of the settings' values."""
+    choices: list[list[tuple[str, str]]] = []
+    if args.micro_batch is not None:
+        values = {"off": ["false"], "on": ["true"], "both": ["false", "true"]}[args.micro_batch]
+        choices.append([("LRUREC_MICRO_BATCH", value) for value in values])
+    for setting in args.setting:
+        name, _, values = setting.partition("=")
+        choices.append([(name, value) for value in values.split(",")])
+    return [(tree, combo) for tree in trees for combo in itertools.product(*choices)]
 
 
 if __name__ == "__main__":
