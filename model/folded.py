@@ -20,6 +20,8 @@ feed-forward are used live, so only the folded tensors can go stale; :class:`Fol
 rebuilds them whenever a parameter they derive from changes.
 """
 
+import threading
+from types import TracebackType
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -86,6 +88,44 @@ def fold(model: "LRURec") -> Folded:
     return Folded(layers, rotations, torch.stack([layer.u_bias for layer in layers]))
 
 
+class _OneDnnOff:
+    """oneDNN (``torch.backends.mkldnn``) off while any thread is inside; then as it was.
+
+    With oneDNN on, ``F.gelu`` on one row goes through a oneDNN primitive that cost about 45 µs a
+    call inside the step here (torch.profiler), against a few µs for ATen's own kernel; the
+    folded step was about 25% faster at batch 1 without it (A/B in benchmarks/RESULTS.md).
+    oneDNN is a process-wide switch, so it is turned off only while a step runs: the first
+    thread in saves the setting and the last one out restores it. Another thread's ops in that
+    window also run without oneDNN, which changes their speed, not their results.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved = True
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inside == 0:
+                self._saved = torch._C._get_mkldnn_enabled()
+                torch._C._set_mkldnn_enabled(False)
+            self._inside += 1
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                torch._C._set_mkldnn_enabled(self._saved)
+
+
+without_onednn = _OneDnnOff()
+
+
 def _layer_norm(x: Tensor, norm: nn.LayerNorm) -> Tensor:
     # The aten op directly: F.layer_norm's Python wrapper costs about a microsecond per call.
     return torch.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
@@ -110,6 +150,13 @@ def folded_step(
     Returns:
         ``(hidden [b, d], new_state [b, n_layers, 2, n])``.
     """
+    with without_onednn:
+        return _folded_step(model, folded, items, state, table)
+
+
+def _folded_step(
+    model: "LRURec", folded: Folded, items: Items, state: State, table: Tensor | None
+) -> tuple[Hidden, State]:
     table = model.embedding.weight if table is None else table
     x = _layer_norm(torch.embedding(table, items), model.embedding_norm)  # [b, d]
     # Python ints from the config: constant reshapes, which export without Shape ops.

@@ -68,3 +68,21 @@ def test_folded_constants_follow_a_dtype_change_and_a_state_dict_load() -> None:
         expected, _ = model.reference_step(items, state.double())
     assert hidden.dtype == torch.float64
     assert (hidden - expected).abs().max().item() <= TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_step_leaves_the_onednn_setting_as_it_found_it(enabled: bool) -> None:
+    torch.manual_seed(0)
+    model = LRURec(LRURecConfig(n_items=50, d_model=16, n_layers=2)).eval()
+    items, state = random_states(model, 3, seed=4)
+    before = torch._C._get_mkldnn_enabled()  # torch.backends.mkldnn.enabled is this flag
+    torch._C._set_mkldnn_enabled(enabled)
+    try:
+        with torch.no_grad():
+            fast = model.step(items, state)
+            assert torch._C._get_mkldnn_enabled() is enabled
+            reference = model.reference_step(items, state)
+    finally:
+        torch._C._set_mkldnn_enabled(before)
+    for a, b in zip(fast, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOLERANCE[torch.float32])
