@@ -63,10 +63,10 @@ def lrurec_torch_event(model: LRURec, batch: int, chunk_size: int = 65_536) -> E
 
 
 def lrurec_onnx_event(model: LRURec, batch: int, session: ort.InferenceSession) -> Event:
-    """LRURec in ONNX Runtime: the step graph with in-graph TopK, run through IO binding.
+    """LRURec in ONNX Runtime: the step graph with in-graph TopK, as the service runs graphs.
 
-    :class:`service.onnx_runtime.BoundSession` copies the inputs into bound buffers and returns
-    copies of the outputs (hidden, new_state, top_scores, top_items), as a server needs them.
+    :class:`service.onnx_runtime.BoundSession` (IO binding up to batch 16, ``session.run`` above)
+    returns copies of the outputs (hidden, new_state, top_scores, top_items).
     """
     with torch.inference_mode():
         _, state = model.prefill(random_items(model.config.n_items, (batch, 50), seed=batch))
@@ -81,8 +81,8 @@ def lrurec_onnx_event(model: LRURec, batch: int, session: ort.InferenceSession) 
 
 
 def lrurec_onnx_session(model: LRURec, threads: int) -> ort.InferenceSession:
-    """The fused step + TopK graph (SkipLayerNormalization fused, as the service does)."""
-    return ort_session(export_onnx(model, graph="step", top_k=K, skip_layer_norm=True), threads)
+    """The step graph with in-graph TopK (``top_k=10``)."""
+    return ort_session(export_onnx(model, graph="step", top_k=K), threads)
 
 
 def lrurec_service_event(model: LRURec, batch: int, threads: int) -> Event:

@@ -1,18 +1,11 @@
-"""ONNX graph editing for :mod:`model.export`: default inputs, the rank graph, node fusion.
+"""ONNX graph building for :mod:`model.export`: overridable default inputs and the rank graph.
 
 These work on the serialised ONNX model with the ``onnx`` package, imported lazily: ``model/``
 otherwise depends on torch alone, and only exporting needs it.
 """
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from onnx import ModelProto, NodeProto
-
-MICROSOFT_DOMAIN = "com.microsoft"
 
 
 def add_default_inputs(onnx_bytes: bytes, defaults: dict[str, Tensor]) -> bytes:
@@ -78,63 +71,3 @@ def rank_graph(table: Tensor, bias: Tensor, opset: int) -> bytes:
     graph_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(graph_model)
     return bytes(graph_model.SerializeToString())
-
-
-def fuse_skip_layer_norm(onnx_bytes: bytes) -> bytes:
-    """Rewrite each ``LayerNormalization(Add(a, b))`` as ``SkipLayerNormalization(a, b)``.
-
-    ``com.microsoft.SkipLayerNormalization`` is ONNX Runtime's fused residual + LayerNorm (its
-    own optimiser only fuses 3-D inputs; the step graph's are 2-D). Only an Add whose sole use is
-    the LayerNorm is fused; the graph then needs ONNX Runtime.
-    """
-    import onnx
-
-    graph_model = onnx.load_from_string(onnx_bytes)
-    nodes = list(graph_model.graph.node)
-    producer = {name: node for node in nodes for name in node.output}
-    uses: dict[str, int] = {}
-    for node in nodes:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    outputs = {value.name for value in graph_model.graph.output}
-    fused: dict[int, NodeProto] = {}
-    dropped: set[int] = set()
-    for node in nodes:
-        add = producer.get(node.input[0]) if node.op_type == "LayerNormalization" else None
-        if add is None or add.op_type != "Add" or len(node.input) != 3:
-            continue
-        if uses[add.output[0]] != 1 or add.output[0] in outputs:
-            continue
-        fused[id(node)] = _skip_layer_norm(node, add)
-        dropped.add(id(add))
-    if not fused:
-        return onnx_bytes
-    kept = [fused.get(id(node), node) for node in nodes if id(node) not in dropped]
-    del graph_model.graph.node[:]
-    graph_model.graph.node.extend(kept)
-    _import_microsoft_domain(graph_model)
-    return bytes(graph_model.SerializeToString())
-
-
-def _skip_layer_norm(norm: "NodeProto", add: "NodeProto") -> "NodeProto":
-    from onnx import helper
-
-    epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
-    axis = next((a.i for a in norm.attribute if a.name == "axis"), -1)
-    if axis != -1:
-        raise ValueError(f"SkipLayerNormalization normalises the last axis; {norm.name} has {axis}")
-    return helper.make_node(
-        "SkipLayerNormalization",
-        [add.input[0], add.input[1], norm.input[1], norm.input[2]],
-        [norm.output[0]],
-        name=f"{norm.name}_skip",
-        domain=MICROSOFT_DOMAIN,
-        epsilon=epsilon,
-    )
-
-
-def _import_microsoft_domain(graph_model: "ModelProto") -> None:
-    from onnx import helper
-
-    if all(entry.domain != MICROSOFT_DOMAIN for entry in graph_model.opset_import):
-        graph_model.opset_import.append(helper.make_opsetid(MICROSOFT_DOMAIN, 1))

@@ -5,8 +5,9 @@ three graphs, each with its own :class:`onnxruntime.InferenceSession`: the state
 state → hidden, new_state), the rank graph (hidden, excluded items, k → exact top-k with the
 exclusions applied in-graph) and the score graph (hidden → scores, for the cold-start vector).
 ONNX Runtime executes these small graphs with far less per-op overhead than PyTorch eager
-(benchmarks/RESULTS.md). The step graph goes through IO binding with buffers kept per batch size
-(:class:`BoundSession`), which skips the per-call conversion of the feed dict. History rebuilds
+(benchmarks/RESULTS.md). Small batches of the step graph go through IO binding with buffers kept
+per batch size (:class:`BoundSession`), which skips the per-call conversion of the feed dict.
+History rebuilds
 (``prefill``) and the cold-start vector are rare and stay in PyTorch, which computes the same
 function (tests/model/test_export.py pins the two).
 """
@@ -23,9 +24,9 @@ from model import Artifact, LRURec
 from model.export import export_onnx
 from service.runtime import FloatArray, IndexArray
 
-MAX_BOUND_BATCH = 64
-"""Batch sizes up to this keep their own IO binding: at most ~9 MB of buffers for LRURec at
-d = 64 if every size occurs; larger batches gain little from it and use ``session.run``."""
+MAX_BOUND_BATCH = 16
+"""Batch sizes up to this keep their own IO binding (faster at batch 1 and 8 in A/B runs); at
+batch 64 copying the inputs and outputs costs more than ``session.run``'s per-call setup."""
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -156,8 +157,7 @@ class OnnxStepper:
         self._model = model.to("cpu").eval()  # export and prefill run on the CPU copy
         options = session_options(threads or torch.get_num_threads())
         providers = providers_for(device)
-        # SkipLayerNormalization is an ONNX Runtime op; fusing it saves 4 of ~30 nodes per step.
-        state = export_onnx(model, graph="state", skip_layer_norm=True)
+        state = export_onnx(model, graph="state")
         self._step_session = ort.InferenceSession(state, options, providers)
         on_cpu = providers[0] == "CPUExecutionProvider"
         self._bound = BoundSession(self._step_session) if on_cpu else None

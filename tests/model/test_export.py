@@ -78,10 +78,9 @@ def test_onnxruntime_step_matches_torch_over_100_random_states(model: LRURec) ->
     assert_same_recommendations(scores, expected[2])
 
 
-@pytest.mark.parametrize("skip_layer_norm", [False, True])
-def test_in_graph_top_10_matches_torch_top_10(model: LRURec, skip_layer_norm: bool) -> None:
+def test_in_graph_top_10_matches_torch_top_10(model: LRURec) -> None:
     items, state = random_inputs(model)
-    graph = session(export_onnx(model, top_k=10, skip_layer_norm=skip_layer_norm))
+    graph = session(export_onnx(model, top_k=10))
     assert [o.name for o in graph.get_outputs()] == [*STATE_OUTPUTS, *TOP_K_OUTPUTS]
     hidden, new_state, top_scores, top_items = graph.run(
         None, {"items": items.numpy(), "state": state.numpy()}
@@ -94,18 +93,6 @@ def test_in_graph_top_10_matches_torch_top_10(model: LRURec, skip_layer_norm: bo
     np.testing.assert_allclose(top_scores, top.values.numpy(), rtol=0, atol=SCORE_TOLERANCE)
     with pytest.raises(ValueError, match="top_k"):
         export_onnx(model, graph="state", top_k=10)
-
-
-def test_skip_layer_norm_fuses_every_residual_norm(model: LRURec) -> None:
-    import onnx
-
-    plain = onnx.load_from_string(export_onnx(model, graph="state"))
-    fused = onnx.load_from_string(export_onnx(model, graph="state", skip_layer_norm=True))
-    ops = [node.op_type for node in fused.graph.node]
-    # 2 blocks x (LRU, feed-forward) residuals; the embedding's LayerNorm has no residual.
-    assert ops.count("SkipLayerNormalization") == 4
-    assert ops.count("LayerNormalization") == 1
-    assert len(fused.graph.node) == len(plain.graph.node) - 4
 
 
 def rank_torch(
