@@ -81,12 +81,16 @@ def test_auto_stays_off_below_the_threshold(tiny_artifact: Path) -> None:
     assert with_quantized_scoring(stepper, artifact, settings) is stepper
 
 
-@pytest.mark.parametrize("micro_batch", [False, True])
+@pytest.mark.parametrize(
+    ("backend", "micro_batch"), [("torch", False), ("torch", True), ("onnx", False)]
+)
 def test_service_serves_the_offline_exact_top_k_on_a_big_catalogue(
-    big_artifact: Path, redis_url: str, micro_batch: bool
+    big_artifact: Path, redis_url: str, backend: str, micro_batch: bool
 ) -> None:
     # quantized_scoring is left at "auto": on at 60k items.
-    settings = Settings(artifact=big_artifact, redis_url=redis_url, micro_batch=micro_batch)
+    settings = Settings(
+        artifact=big_artifact, redis_url=redis_url, backend=backend, micro_batch=micro_batch
+    )
     history = [5, 59_999, 123, 40_000, 7]
     with TestClient(create_app(settings)) as client:
         assert isinstance(client.app.state.engine.stepper, QuantizedStepper)  # type: ignore[attr-defined]
