@@ -27,9 +27,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from service.engine import Engine
+from service.limits import replay_body
 from service.parsing import parse_event_query
 from service.schemas import Event
-from service.telemetry import ASGIApp, Message, Receive, Scope, Send, http_histogram
+from service.telemetry import ASGIApp, Receive, Scope, Send, http_histogram
 
 ROUTE = "/events"
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -72,7 +73,7 @@ class EventsFastPath:
         query = self._query(scope["query_string"], engine.settings.default_k)
         event = _event(body) if query is not None else None
         if query is None or event is None:
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         try:
             outcome = await engine.apply(event, *query)
@@ -155,17 +156,3 @@ def _event(body: bytes) -> Event | None:
         return Event.model_validate_json(body)
     except ValidationError:
         return None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that yields the already-read ``body`` once, then defers to ``receive``."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
