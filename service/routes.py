@@ -4,6 +4,7 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 
 from service.batch_events import apply_batch
@@ -28,7 +29,7 @@ from service.schemas import (
     UserInfo,
 )
 from service.settings import MAX_K
-from service.telemetry import render_metrics
+from service.telemetry import flush_buffers, render_metrics
 
 router = APIRouter()
 
@@ -152,8 +153,11 @@ async def readyz(engine: EngineDep, response: Response) -> Health:
 
 
 @router.get("/metrics", tags=["operations"], response_class=Response)
-def metrics(accept: Annotated[str | None, Header()] = None) -> Response:
+async def metrics(accept: Annotated[str | None, Header()] = None) -> Response:
     """Prometheus metrics (all workers' when several run)."""
     # A route rather than a mount: a mounted app answers /metrics with a redirect to /metrics/.
-    body, content_type = render_metrics(accept)
+    # Buffered histograms are flushed here, on the event loop that observes them (they hold no
+    # lock); encoding reads every worker's files in multiprocess mode, so it runs in a thread.
+    flush_buffers()
+    body, content_type = await run_in_threadpool(render_metrics, accept)
     return Response(body, media_type=content_type)

@@ -116,7 +116,8 @@ class BufferedHistogram:
     ``Histogram.observe`` takes a lock twice and scans the buckets in Python (~4 µs; five per
     event). Here an observation is a ``bisect`` and two additions; the counts reach the
     Prometheus child every :data:`FLUSH_EVERY` observations, on every scrape of this process
-    (:func:`render_metrics`) and every :data:`FLUSH_SECONDS` (:func:`flush_periodically`).
+    (the ``/metrics`` route) and every :data:`FLUSH_SECONDS` (:func:`flush_periodically`).
+    Not thread-safe, by design: every observation and every flush runs on the event-loop thread.
     """
 
     __slots__ = ("_bounds", "_child", "_counts", "_pending", "_sum")
@@ -237,9 +238,9 @@ def mark_worker_dead() -> None:
 def render_metrics(accept: str | None) -> tuple[bytes, str]:
     """Exposition text (Prometheus or OpenMetrics, per ``Accept``) and its content type.
 
-    In multiprocess mode a fresh registry reads every worker's files on each scrape.
+    In multiprocess mode a fresh registry reads every worker's files on each scrape. Call
+    :func:`flush_buffers` first, on the event-loop thread (this may run in another thread).
     """
-    flush_buffers()
     registry = REGISTRY
     if multiprocess_enabled():
         registry = CollectorRegistry()
