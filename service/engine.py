@@ -134,8 +134,9 @@ class Engine:
         snap = cached.snapshot if cached is not None and not self._stale(cached.snapshot) else None
         expected_token = cached.token if snap is not None and cached is not None else ""
         outcome = telemetry.CACHE_FRESH if expected_token else telemetry.CACHE_MISS
+        attempt = 0  # only races with other writers count against the retry budget
         try:
-            for attempt in range(self._max_retries):
+            while attempt < self._max_retries:
                 if snap is None:
                     snap = await self._load(event.user_id, event.event_id, history)
                     expected_token = ""
@@ -153,6 +154,7 @@ class Engine:
                     telemetry.CAS_RETRIES.inc()
                     # Jittered exponential backoff so competing workers do not collide again.
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+                    attempt += 1
                 snap, expected_token = self._usable(result.record), ""
         finally:
             outcome.inc()

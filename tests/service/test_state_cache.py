@@ -115,6 +115,21 @@ def test_a_duplicate_sent_to_the_worker_holding_the_copy_is_not_applied(
     assert_stored_state_is_history_stepped(client, redis_client, tiny_artifact, "c4", 2)
 
 
+def test_using_the_copy_costs_no_retry_from_the_budget(
+    make_client: ClientFactory, redis_client: "redis.Redis", tiny_artifact: Path
+) -> None:
+    """With one attempt allowed, a duplicate or a stale copy must still get its 200."""
+    with make_client(cas_max_retries=1) as first, make_client(cas_max_retries=1) as second:
+        post(first, "c6", "item-1", event_id="d1")
+        again = post(first, "c6", "item-1", event_id="d1")  # the copy meets a duplicate
+        assert again["reason"] == "duplicate"
+        post(second, "c6", "item-2")  # first's copy is now stale
+        body = post(first, "c6", "item-3")
+        assert body["applied"] is True
+        assert body["events_applied"] == 3
+        assert_stored_state_is_history_stepped(first, redis_client, tiny_artifact, "c6", 3)
+
+
 def test_concurrent_mixed_requests_are_each_answered_correctly(
     make_client: ClientFactory, redis_client: "redis.Redis", tiny_artifact: Path
 ) -> None:
