@@ -125,6 +125,12 @@ class BoundSession:
             raise ValueError(f"expected {len(binding.inputs)} inputs, got {len(inputs)}")
         with self._lock:
             for buffer, array in zip(binding.inputs, inputs):  # noqa: B905 (checked above)
+                if array.shape != buffer.shape or array.dtype != buffer.dtype:
+                    # session.run would refuse these; a buffer copy would broadcast or cast.
+                    raise ValueError(
+                        f"input {array.dtype}{list(array.shape)} does not match the graph's "
+                        f"{buffer.dtype}{list(buffer.shape)}"
+                    )
                 buffer[...] = array  # cheaper than np.copyto at this size
             binding.run()
             return [output.copy() for output in binding.outputs]

@@ -164,3 +164,17 @@ def test_bound_session_equals_session_run_and_keeps_returned_arrays(tiny_artifac
     rank = ort.InferenceSession(export_onnx(model, graph="rank"), session_options(1))
     with pytest.raises(ValueError, match="only the batch axis"):
         BoundSession(rank)  # exclude [batch, m] and top-k [batch, k] have dynamic widths
+
+
+def test_bound_session_refuses_what_session_run_would(tiny_artifact: Path) -> None:
+    """A buffer copy would broadcast a batch-1 state over 3 users or cast float64 silently."""
+    model = load_artifact(tiny_artifact).model
+    assert isinstance(model, LRURec)
+    session = ort.InferenceSession(export_onnx(model, graph="state"), session_options(1))
+    bound = BoundSession(session, max_batch=4)
+    items = np.array([1, 2, 3], dtype=np.int64)
+    one_state = np.zeros((1, *model.state_shape), dtype=np.float32)
+    with pytest.raises(ValueError, match="does not match"):
+        bound.run(items, one_state)
+    with pytest.raises(ValueError, match="does not match"):
+        bound.run(items, np.zeros((3, *model.state_shape), dtype=np.float64))
