@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from model import Artifact
 from model.quantized_scoring import TwoStageTopK
 from model.quantized_table import ZERO_POINT, QuantizedTable, reference_scores
+from service import telemetry
 from service.runtime import FloatArray, IndexArray, Stepper
 from service.settings import Settings
 
@@ -172,8 +173,13 @@ class QuantizedStepper:
     def top_k(
         self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
     ) -> list[tuple[IndexArray, FloatArray]]:
+        stats = self.scorer.stats
         with self._lock, torch.inference_mode():
+            rows, fallbacks = stats.rows, stats.fallbacks
             values, indices = self.scorer(torch.from_numpy(np.array(hidden)), k, exclude)
+            fell_back = stats.fallbacks - fallbacks
+            telemetry.QUANTIZED_TWO_STAGE.inc(stats.rows - rows - fell_back)
+            telemetry.QUANTIZED_FALLBACK.inc(fell_back)
         results = []
         for row_values, row_indices in zip(values.numpy(), indices.numpy(), strict=True):
             keep = np.isfinite(row_values)  # fewer than k items left after the exclusions

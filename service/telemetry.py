@@ -83,6 +83,12 @@ STATE_REBUILDS = Counter(
     "lrurec_state_rebuilds_total", "States rebuilt from history after a model-version change."
 )
 ERRORS = Counter("lrurec_errors_total", "Failed requests by kind.", ["kind"])
+QUANTIZED_ROWS = Counter(
+    "lrurec_quantized_rows_total",
+    "Rows ranked by the exact int8 two-stage top-k, by path: two_stage, or fallback (the "
+    "exact float32 scan, when too many items could still be in the top k).",
+    ["path"],
+)
 MODEL_INFO = Gauge(
     "lrurec_model_info",
     "Always 1; the labels name the loaded model.",
@@ -102,6 +108,9 @@ for _outcome in EVENT_OUTCOMES:
 for _kind in ERROR_KINDS:
     ERRORS.labels(_kind)
 CACHE_FRESH, CACHE_STALE, CACHE_MISS = (STATE_CACHE.labels(o) for o in ("fresh", "stale", "miss"))
+QUANTIZED_TWO_STAGE, QUANTIZED_FALLBACK = (
+    QUANTIZED_ROWS.labels(p) for p in ("two_stage", "fallback")
+)
 
 
 FLUSH_EVERY = 256

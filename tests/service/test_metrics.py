@@ -20,6 +20,7 @@ CONTRACT = {
     "lrurec_cold_starts_total": "counter",
     "lrurec_state_rebuilds_total": "counter",
     "lrurec_errors_total": "counter",
+    "lrurec_quantized_rows_total": "counter",
     "lrurec_model_info": "gauge",
     "lrurec_model_items": "gauge",
     "lrurec_ready": "gauge",

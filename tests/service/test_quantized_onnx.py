@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from model import load_artifact
 from model.quantized_table import quantize_table, reference_scores
+from service import telemetry
 from service.main import create_app
 from service.quantized_onnx import OnnxIntKernel, QuantizedStepper, with_quantized_scoring
 from service.runtime import TorchStepper
@@ -94,10 +95,12 @@ def test_service_serves_the_offline_exact_top_k_on_a_big_catalogue(
     history = [5, 59_999, 123, 40_000, 7]
     with TestClient(create_app(settings)) as client:
         assert isinstance(client.app.state.engine.stepper, QuantizedStepper)  # type: ignore[attr-defined]
+        ranked = telemetry.QUANTIZED_TWO_STAGE._value.get()  # after start-up's warm-up call
         for index in history:
             event = {"user_id": "big", "item_id": BIG_IDS[index - 1]}
             assert client.post("/events", json=event, params={"k": 0}).status_code == 200
         served = client.get("/recommendations/big", params={"k": 20}).json()["items"]
+    assert telemetry.QUANTIZED_TWO_STAGE._value.get() == ranked + 1  # the one ranked request
     model = load_model(big_artifact)
     hidden, _ = stepped(model, history)
     expected = top_k(model, hidden, 20, exclude=history)
