@@ -2,9 +2,10 @@
 
 Three parts, all in one process:
 
-1. Per-event latency and throughput at 3,416 items (ML-1M): LRURec in torch and in ONNX Runtime
-   (one fused step + TopK graph through IO binding), the onnx backend as the service calls it
-   (``OnnxStepper.step`` then ``top_k`` with 50 seen items excluded), SASRec recompute at
+1. Per-event latency and throughput at 3,416 items (ML-1M): LRURec in torch, in ONNX Runtime
+   (one fused step + TopK graph through IO binding) and in numba (the compiled step and top-k
+   kernels of the ``numba`` backend), the onnx and numba backends as the service calls them
+   (``step`` then ``top_k`` with 50 seen items excluded), SASRec recompute at
    L = 50, 200, 1,000, each at batch 1 and 64. The cases are timed in
    alternating rounds, so a change in machine load hits all of them alike; ratios compare
    throughputs (events/s) measured in the same rounds.
@@ -32,6 +33,7 @@ from benchmarks.model_figure import plot_cumulative
 ML1M_ITEMS = 3416
 BATCHES = (1, 64)
 LENGTHS = (50, 200, 1000)
+BACKENDS = ("torch", "onnxruntime", "numba")
 CATALOGUES = (3416, 100_000, 1_000_000)
 TARGET_RATIO = {50: 7.3, 200: 20.0, 1000: 80.0}
 TARGET_EVENT_US = 60.0
@@ -82,12 +84,18 @@ def per_event_part(threads: int, rounds: int, budget_s: float) -> dict[Key, Timi
     """Part 1: median timings per call of every (case, batch)."""
     lrurec = cases.lrurec_model(ML1M_ITEMS)
     session = cases.lrurec_onnx_session(lrurec, threads)
+    onnx = cases.service_stepper(lrurec, "onnx", threads)
+    numba = cases.service_stepper(lrurec, "numba", threads)
     events: dict[Key, cases.Event] = {}
     for batch in BATCHES:
         events[("LRURec torch", batch)] = cases.lrurec_torch_event(lrurec, batch)
         events[("LRURec onnxruntime", batch)] = cases.lrurec_onnx_event(lrurec, batch, session)
+        events[("LRURec numba", batch)] = cases.lrurec_service_event(lrurec, batch, numba, seen=0)
         events[("LRURec onnx service path", batch)] = cases.lrurec_service_event(
-            lrurec, batch, threads
+            lrurec, batch, onnx
+        )
+        events[("LRURec numba service path", batch)] = cases.lrurec_service_event(
+            lrurec, batch, numba
         )
     for length in LENGTHS:
         sasrec = cases.sasrec_model(ML1M_ITEMS, length)
@@ -110,7 +118,7 @@ def print_per_event(timings: dict[Key, Timing]) -> None:
         "\n| throughput over SASRec recompute (wall; CPU) | batch | L = 50 | L = 200 | L = 1,000 |"
     )
     print("| --- | --- | --- | --- | --- |")
-    for backend in ("torch", "onnxruntime"):
+    for backend in BACKENDS:
         for batch in BATCHES:
             lrurec = timings[(f"LRURec {backend}", batch)]
             cells = []
@@ -155,20 +163,21 @@ def verdict(met: bool) -> str:
 
 def print_targets(per_event: dict[Key, Timing], catalogue: dict[Key, Timing]) -> None:
     print("\n### Targets (wall clock; CPU time in brackets)\n")
-    for backend in ("torch", "onnxruntime"):
+    for backend in BACKENDS:
         wall, cpu = (t * 1e6 for t in per_event[(f"LRURec {backend}", 1)])
         print(
             f"- LRURec {backend} step + top-10, batch 1: {wall:.1f} µs [{cpu:.1f} µs] "
             f"(≤ 60 µs: {verdict(wall <= TARGET_EVENT_US)} [{verdict(cpu <= TARGET_EVENT_US)}])"
         )
-    wall, cpu = (t * 1e6 for t in per_event[("LRURec onnx service path", 1)])
-    print(f"- (for reference) onnx service path, step + top-10 without 50 seen, batch 1: "
-          f"{wall:.1f} µs [{cpu:.1f} µs]")  # fmt: skip
+    for backend in ("onnx", "numba"):
+        wall, cpu = (t * 1e6 for t in per_event[(f"LRURec {backend} service path", 1)])
+        print(f"- (for reference) {backend} service path, step + top-10 without 50 seen, "
+              f"batch 1: {wall:.1f} µs [{cpu:.1f} µs]")  # fmt: skip
     for length, target in TARGET_RATIO.items():
         for batch in BATCHES:
             sasrec = per_event[(f"SASRec L={length}", batch)]
             parts = []
-            for backend in ("torch", "onnxruntime"):
+            for backend in BACKENDS:
                 lrurec = per_event[(f"LRURec {backend}", batch)]
                 wall, cpu = sasrec.wall / lrurec.wall, sasrec.cpu / lrurec.cpu
                 parts.append(

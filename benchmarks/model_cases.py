@@ -16,7 +16,9 @@ import torch
 from model import Artifact, LRURec, LRURecConfig, SASRec, SASRecConfig
 from model.export import export_onnx
 from model.topk import chunked_top_k
+from service.numba_runtime import NumbaStepper
 from service.onnx_runtime import BoundSession, OnnxStepper
+from service.runtime import Stepper
 
 Event = Callable[[], object]
 K = 10
@@ -85,17 +87,9 @@ def lrurec_onnx_session(model: LRURec, threads: int) -> ort.InferenceSession:
     return ort_session(export_onnx(model, graph="step", top_k=K), threads)
 
 
-def lrurec_service_event(model: LRURec, batch: int, threads: int) -> Event:
-    """The onnx backend as the service calls it: ``step``, then ``top_k`` without seen items.
-
-    Two graphs (the state graph, then the rank graph with the 50 history items of each user
-    excluded in-graph), as :class:`service.engine.Engine` calls them around its Redis write.
-    """
+def _artifact(model: LRURec) -> Artifact:
     n_items = model.config.n_items
-    history = random_items(n_items, (batch, 50), seed=batch)
-    with torch.inference_mode():
-        _, state = model.prefill(history)
-    artifact = Artifact(
+    return Artifact(
         model=model,
         item_ids=[str(index) for index in range(1, n_items + 1)],
         popularity=torch.ones(n_items + 1),
@@ -103,10 +97,29 @@ def lrurec_service_event(model: LRURec, batch: int, threads: int) -> Event:
         config={},
         path=Path(),
     )
-    stepper = OnnxStepper(artifact, "cpu", threads)
+
+
+def service_stepper(model: LRURec, backend: str, threads: int) -> Stepper:
+    """The service's ``onnx`` or ``numba`` backend for ``model``."""
+    if backend == "onnx":
+        return OnnxStepper(_artifact(model), "cpu", threads)
+    return NumbaStepper(_artifact(model))
+
+
+def lrurec_service_event(model: LRURec, batch: int, stepper: Stepper, seen: int = 50) -> Event:
+    """A backend as the service calls it: ``step``, then ``top_k`` without ``seen`` history items.
+
+    For onnx that is two graphs (the state graph, then the rank graph with the exclusions
+    in-graph), for numba two compiled kernels, as :class:`service.engine.Engine` calls them
+    around its Redis write. ``seen=0`` ranks every item: the same work as the fused onnx case.
+    """
+    n_items = model.config.n_items
+    history = random_items(n_items, (batch, 50), seed=batch)
+    with torch.inference_mode():
+        _, state = model.prefill(history)
     items = random_items(n_items, (batch,), seed=batch + 1).numpy()
     states = np.ascontiguousarray(state.numpy())
-    exclude = history.tolist()
+    exclude = history[:, :seen].tolist()
 
     def event() -> object:
         hidden, _ = stepper.step(items, states)

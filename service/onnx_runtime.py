@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from model import Artifact, LRURec
 from model.export import export_onnx
-from service.runtime import FloatArray, IndexArray
+from service.runtime import FloatArray, IndexArray, TorchRebuilds
 
 MAX_BOUND_BATCH = 16
 """Batch sizes up to this keep their own IO binding (faster at batch 1 and 8 in A/B runs); at
@@ -143,7 +143,7 @@ class BoundSession:
         return outputs
 
 
-class OnnxStepper:
+class OnnxStepper(TorchRebuilds):
     """The :class:`service.runtime.Stepper` interface on ONNX Runtime sessions (LRURec only).
 
     Args:
@@ -160,7 +160,8 @@ class OnnxStepper:
                 f"the onnx backend serves LRURec artifacts; this one is "
                 f"{type(model).__name__}: use LRUREC_BACKEND=torch"
             )
-        self._model = model.to("cpu").eval()  # export and prefill run on the CPU copy
+        model = model.to("cpu").eval()  # export and prefill run on the CPU copy
+        super().__init__(model)
         options = session_options(threads or torch.get_num_threads())
         providers = providers_for(device)
         state = export_onnx(model, graph="state")
@@ -185,15 +186,6 @@ class OnnxStepper:
             feeds = {"items": items, "state": np.ascontiguousarray(states)}
             hidden, new_states = self._step_session.run(None, feeds)
         return hidden.astype(np.float32, copy=False), new_states.astype(np.float32, copy=False)
-
-    def prefill(self, histories: IndexArray) -> tuple[FloatArray, FloatArray]:
-        with torch.inference_mode():
-            hidden, states = self._model.prefill(torch.from_numpy(np.ascontiguousarray(histories)))
-        return hidden.float().numpy(), states.float().numpy()
-
-    def cold_start_hidden(self) -> FloatArray:
-        with torch.inference_mode():
-            return self._model.cold_start_hidden().float().numpy()
 
     def scores(self, hidden: FloatArray) -> FloatArray:
         """Scores ``[b, v]``; column 0 is -inf (the score graph masks padding)."""

@@ -13,7 +13,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from model import Artifact
+from model import Artifact, LRURec
 
 FloatArray = NDArray[np.float32]
 IndexArray = NDArray[np.int64]
@@ -136,6 +136,29 @@ class TorchStepper:
         return results
 
 
+class TorchRebuilds:
+    """``prefill`` and ``cold_start_hidden`` in PyTorch on the CPU, for backends that compile
+    only the step and the ranking: rebuilds are rare, and the torch model computes the same
+    function (tests pin each backend against it).
+
+    Args:
+        model: the artifact's model, on the CPU, in eval mode.
+    """
+
+    def __init__(self, model: LRURec) -> None:
+        self._model = model
+
+    def prefill(self, histories: IndexArray) -> tuple[FloatArray, FloatArray]:
+        with torch.inference_mode():
+            hidden, states = self._model.prefill(torch.from_numpy(np.ascontiguousarray(histories)))
+        return hidden.float().numpy(), states.float().numpy()
+
+    def cold_start_hidden(self) -> FloatArray:
+        with torch.inference_mode():
+            hidden: FloatArray = self._model.cold_start_hidden().float().numpy()
+        return hidden
+
+
 StepperFactory = Callable[[Artifact, str], Stepper]
 
 
@@ -145,7 +168,17 @@ def _onnx_stepper(artifact: Artifact, device: str) -> Stepper:
     return OnnxStepper(artifact, device)
 
 
-BACKENDS: dict[str, StepperFactory] = {"torch": TorchStepper, "onnx": _onnx_stepper}
+def _numba_stepper(artifact: Artifact, device: str) -> Stepper:
+    from service.numba_runtime import NumbaStepper  # compiles kernels: only when chosen
+
+    return NumbaStepper(artifact, device)
+
+
+BACKENDS: dict[str, StepperFactory] = {
+    "torch": TorchStepper,
+    "onnx": _onnx_stepper,
+    "numba": _numba_stepper,
+}
 """Backend name (``LRUREC_BACKEND``) → factory. A new backend registers one line here."""
 
 

@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     key_prefix: str = Field(default="lrurec", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     backend: str = Field(
         default="torch",
-        description="Model runtime: `torch`, or `onnx` (onnxruntime, LRURec artifacts only; "
-        "its intra-op threads follow `torch_threads`).",
+        description="Model runtime: `torch`; `onnx` (onnxruntime, LRURec artifacts only; "
+        "its intra-op threads follow `torch_threads`); or `numba` (compiled step and top-k, "
+        "LRURec artifacts on the CPU only; the fastest per event at small batches).",
     )
     device: Literal["cpu", "cuda"] = "cpu"
     torch_threads: int = Field(default=1, ge=1, le=256)

@@ -1,0 +1,171 @@
+"""numba backend (``LRUREC_BACKEND=numba``): LRURec's step and exact top-k as compiled loops.
+
+The fastest CPU path at small batches, where a call is dominated by per-operator overhead in
+PyTorch and onnxruntime (benchmarks/RESULTS.md): the kernels in :mod:`service.numba_kernels`
+do a batch-1 step + ranking in about the time of its arithmetic. Weights are snapshotted at
+start-up in the kernels' layouts, from the same folded constants the torch fast path and the
+ONNX export use (:mod:`model.folded`). The kernels are compiled when the backend is built (a
+few seconds, once per process), so the first event does not pay for it. History rebuilds and
+the cold-start vector are rare and stay in PyTorch (:class:`service.runtime.TorchRebuilds`).
+"""
+
+from collections.abc import Callable, Sequence
+from itertools import chain
+from typing import TypeVar, cast
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from model import Artifact, LRURec
+from model.folded import fold
+from model.layers import LRUBlock
+from service.numba_kernels import step_kernel, top_k_kernel
+from service.runtime import FloatArray, IndexArray, TorchRebuilds
+
+
+def _array(tensor: torch.Tensor) -> FloatArray:
+    return np.ascontiguousarray(tensor.detach().cpu().to(torch.float32).numpy())
+
+
+def _stacked(tensors: Sequence[torch.Tensor]) -> FloatArray:
+    return _array(torch.stack([tensor.detach() for tensor in tensors]))
+
+
+def kernel_weights(model: LRURec) -> tuple[FloatArray, ...]:
+    """The step kernel's weights after the item table, in its argument order."""
+    folded = fold(model)
+    blocks = [block for block in model.blocks if isinstance(block, LRUBlock)]
+    return (
+        _array(model.embedding_norm.weight),
+        _array(model.embedding_norm.bias),
+        _array(folded.rotations),
+        _array(folded.input_bias),
+        _stacked([layer.u_weight_t for layer in folded.layers]),  # [L, d, 2n]
+        _stacked([layer.c_weight.t() for layer in folded.layers]),  # [L, 2n, d]
+        _stacked([block.lru.c_re for block in blocks]),
+        _stacked([block.lru.norm.weight for block in blocks]),
+        _stacked([block.lru.norm.bias for block in blocks]),
+        _stacked([block.ffn.w_1.weight.t() for block in blocks]),  # [L, d, 4d]
+        _stacked([block.ffn.w_1.bias for block in blocks]),
+        _stacked([block.ffn.w_2.weight.t() for block in blocks]),  # [L, 4d, d]
+        _stacked([block.ffn.w_2.bias for block in blocks]),
+        _stacked([block.ffn.norm.weight for block in blocks]),
+        _stacked([block.ffn.norm.bias for block in blocks]),
+    )
+
+
+ScalarT = TypeVar("ScalarT", bound=np.generic)
+
+# numba's dispatchers, typed as what they are to the caller: arrays in, a status code out.
+_step_kernel = cast(Callable[..., int], step_kernel)
+_top_k_kernel = cast(Callable[..., int], top_k_kernel)
+
+
+def _writable(array: NDArray[np.generic], dtype: type[ScalarT]) -> NDArray[ScalarT]:
+    # numba compiles read-only arrays (states decoded from Redis bytes) as another type: a copy
+    # of a few KB costs far less than compiling that variant on the first event.
+    writable: NDArray[ScalarT] = np.require(array, dtype=dtype, requirements=["C", "W"])
+    return writable
+
+
+def _concatenated(lists: Sequence[Sequence[int]]) -> tuple[IndexArray, IndexArray]:
+    """Every list back to back, and where each starts (``len(lists) + 1`` offsets)."""
+    if len(lists) == 1:  # the service's per-event call: no cumulative sums needed
+        flat = np.array(lists[0], dtype=np.int64).reshape(-1)
+        return flat, np.array((0, len(flat)), dtype=np.int64)
+    starts = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum([len(entries) for entries in lists], out=starts[1:])
+    flat = np.fromiter(chain.from_iterable(lists), np.int64, int(starts[-1]))
+    return flat, starts
+
+
+class NumbaStepper(TorchRebuilds):
+    """The :class:`service.runtime.Stepper` interface on compiled kernels (LRURec, CPU only).
+
+    Args:
+        artifact: a loaded LRURec artifact.
+        device: must be ``"cpu"``.
+    """
+
+    def __init__(self, artifact: Artifact, device: str = "cpu") -> None:
+        model = artifact.model
+        if not isinstance(model, LRURec):
+            raise ValueError(
+                f"the numba backend serves LRURec artifacts; this one is "
+                f"{type(model).__name__}: use LRUREC_BACKEND=torch"
+            )
+        if device != "cpu":
+            raise ValueError(
+                f"the numba backend runs on the CPU, not {device!r}: use LRUREC_BACKEND=torch "
+                "or onnx for a GPU"
+            )
+        model = model.to("cpu").eval()
+        super().__init__(model)
+        with torch.no_grad():
+            self._weights = kernel_weights(model)
+            self._table_t = _array(model.embedding.weight.t())  # [d, v]
+            self._bias = _array(model.item_bias)
+        self._eps = float(model.embedding_norm.eps)
+        self._state_shape = tuple(model.state_shape)
+        self._width = model.config.d_model
+        self._compile()
+
+    def _compile(self) -> None:
+        """Compile both kernels now, for the types the service calls them with."""
+        state = np.zeros((1, *self._state_shape), dtype=np.float32)
+        hidden, _ = self.step(np.ones(1, dtype=np.int64), state)
+        self.top_k(hidden, 1, [[1]])
+
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        return self._state_shape
+
+    def step(self, items: IndexArray, states: FloatArray) -> tuple[FloatArray, FloatArray]:
+        items = _writable(items, np.int64)
+        states = _writable(states, np.float32)
+        if states.shape != (len(items), *self._state_shape):
+            raise ValueError(
+                f"states of shape {states.shape} for {len(items)} items; expected "
+                f"{(len(items), *self._state_shape)}"
+            )
+        hidden = np.empty((len(items), self._width), dtype=np.float32)
+        new_states = np.empty_like(states)
+        failed = _step_kernel(
+            items, states, hidden, new_states, self._table_t, *self._weights, self._eps
+        )
+        if failed >= 0:
+            raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
+        return hidden, new_states
+
+    def scores(self, hidden: FloatArray) -> FloatArray:
+        """Scores ``[b, v]``; column 0 is -inf, as the other backends' score paths."""
+        scores: FloatArray = np.asarray(hidden, dtype=np.float32) @ self._table_t + self._bias
+        scores[:, 0] = -np.inf
+        return scores
+
+    def top_k(
+        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+    ) -> list[tuple[IndexArray, FloatArray]]:
+        """Exact top-k per row; column 0 and the excluded items are never returned."""
+        hidden = _writable(hidden, np.float32)
+        rows = len(hidden)
+        if len(exclude) != rows:
+            raise ValueError(f"{len(exclude)} exclusion lists for {rows} rows")
+        k = max(0, min(k, self._table_t.shape[1] - 1))
+        if k == 0:
+            empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
+            return [empty for _ in range(rows)]
+        flat, starts = _concatenated(exclude)
+        top_items = np.empty((rows, k), dtype=np.int64)
+        top_scores = np.empty((rows, k), dtype=np.float32)
+        counts = np.empty(rows, dtype=np.int64)
+        failed = _top_k_kernel(
+            hidden, self._table_t, self._bias, flat, starts, k, top_items, top_scores, counts
+        )
+        if failed >= 0:
+            raise IndexError(f"excluded index outside the vocabulary in row {failed}")
+        return [
+            (top_items[row, :count], top_scores[row, :count])
+            for row, count in enumerate(counts.tolist())
+        ]

@@ -1,0 +1,184 @@
+"""The numba backend (LRUREC_BACKEND=numba) computes what the torch backend does, end to end."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model import Artifact, LRURec, LRURecConfig, SASRec, SASRecConfig, load_artifact, save_artifact
+from service.main import create_app
+from service.numba_runtime import NumbaStepper
+from service.runtime import TorchStepper, build_stepper
+from service.settings import Settings
+from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
+
+SCORE_TOLERANCE = 1e-4
+ML1M_ITEMS = 3_416
+
+
+@pytest.fixture(scope="module")
+def histories() -> np.ndarray:
+    generator = np.random.default_rng(0)
+    items = generator.integers(1, TINY_N_ITEMS + 1, size=(6, 12))
+    items[:, :4] = 0  # left padding, as the engine sends it
+    items[5] = 0  # an empty history
+    return items.astype(np.int64)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_numba_stepper_matches_torch_stepper(
+    make_artifact: ArtifactFactory, histories: np.ndarray, n_layers: int
+) -> None:
+    artifact = make_artifact(n_layers=n_layers)
+    numba = build_stepper("numba", load_artifact(artifact), "cpu")
+    reference = build_stepper("torch", load_artifact(artifact), "cpu")
+    assert isinstance(numba, NumbaStepper)
+    assert numba.state_shape == reference.state_shape
+    hidden, states = numba.prefill(histories)
+    expected_hidden, expected_states = reference.prefill(histories)
+    np.testing.assert_allclose(hidden, expected_hidden, atol=1e-5)
+    items = np.arange(1, 7, dtype=np.int64)
+    for _ in range(3):  # a few events in a row: errors must not build up in the state
+        stepped = numba.step(items, states)
+        expected = reference.step(items, expected_states)
+        for actual, wanted in zip(stepped, expected, strict=True):
+            assert actual.dtype == np.float32
+            np.testing.assert_allclose(actual, wanted, rtol=0, atol=1e-5)
+        states, expected_states = stepped[1], expected[1]
+    np.testing.assert_allclose(numba.cold_start_hidden(), reference.cold_start_hidden(), atol=1e-5)
+    scores = numba.scores(hidden)
+    assert np.isneginf(scores[:, 0]).all()
+    np.testing.assert_allclose(scores[:, 1:], reference.scores(hidden)[:, 1:], atol=SCORE_TOLERANCE)
+
+
+def test_numba_top_k_skips_padding_and_excluded_items(tiny_artifact: Path) -> None:
+    stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
+    reference = build_stepper("torch", load_artifact(tiny_artifact), "cpu")
+    hidden = stepper.step(
+        np.array([3, 4, 5], dtype=np.int64), np.zeros((3, *stepper.state_shape), np.float32)
+    )[0]
+    exclude = [[1, 2, 3], list(range(1, TINY_N_ITEMS - 2)), list(range(1, TINY_N_ITEMS + 1))]
+    results = stepper.top_k(hidden, 10, exclude)
+    assert len(results[0][0]) == 10
+    assert set(results[1][0].tolist()) == {TINY_N_ITEMS - 2, TINY_N_ITEMS - 1, TINY_N_ITEMS}
+    assert len(results[2][0]) == 0  # everything excluded: nothing, not padding
+    for (indices, values), (expected_indices, expected_values) in zip(
+        results, reference.top_k(hidden, 10, exclude), strict=True
+    ):
+        np.testing.assert_array_equal(indices, expected_indices)
+        np.testing.assert_allclose(values, expected_values, atol=SCORE_TOLERANCE)
+        assert 0 not in indices
+    everything = stepper.top_k(hidden[:1], 10 * TINY_N_ITEMS, [[]])[0][0]
+    assert sorted(everything.tolist()) == list(range(1, TINY_N_ITEMS + 1))
+    assert [len(items) for items, _ in stepper.top_k(hidden, 0, [[], [], []])] == [0, 0, 0]
+
+
+def test_numba_top_k_breaks_ties_by_the_lower_index(tiny_artifact: Path) -> None:
+    artifact = load_artifact(tiny_artifact)
+    model = artifact.model
+    assert isinstance(model, LRURec)
+    with torch.no_grad():
+        model.embedding.weight[1:] = model.embedding.weight[1]  # every item scores the same
+        model.item_bias.zero_()
+    stepper = NumbaStepper(artifact)
+    hidden = np.ones((1, model.config.d_model), dtype=np.float32)
+    indices, values = stepper.top_k(hidden, 5, [[2]])[0]
+    assert indices.tolist() == [1, 3, 4, 5, 6]
+    assert len(set(values.tolist())) == 1
+
+
+def test_numba_backend_refuses_bad_input_instead_of_reading_out_of_bounds(
+    tiny_artifact: Path,
+) -> None:
+    stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
+    states = np.zeros((2, *stepper.state_shape), np.float32)
+    with pytest.raises(IndexError, match="outside the model's vocabulary"):
+        stepper.step(np.array([1, TINY_N_ITEMS + 1], dtype=np.int64), states)
+    with pytest.raises(IndexError, match="outside the model's vocabulary"):
+        stepper.step(np.array([-1, 1], dtype=np.int64), states)
+    with pytest.raises(ValueError, match="states of shape"):
+        stepper.step(np.array([1], dtype=np.int64), states)
+    hidden = stepper.step(np.array([1, 2], dtype=np.int64), states)[0]
+    with pytest.raises(IndexError, match="row 1"):
+        stepper.top_k(hidden, 5, [[1], [TINY_N_ITEMS + 1]])
+    with pytest.raises(ValueError, match="exclusion lists"):
+        stepper.top_k(hidden, 5, [[1]])
+
+
+def test_numba_step_accepts_read_only_states(tiny_artifact: Path) -> None:
+    stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
+    state = np.random.default_rng(3).normal(size=stepper.state_shape).astype(np.float32)
+    read_only = np.frombuffer(state.tobytes(), dtype=np.float32).reshape(1, *state.shape)
+    assert not read_only.flags.writeable  # as decoded from Redis bytes
+    items = np.array([7], dtype=np.int64)
+    hidden, new_state = stepper.step(items, read_only)
+    expected_hidden, expected_state = stepper.step(items, state[None].copy())
+    np.testing.assert_array_equal(hidden, expected_hidden)
+    np.testing.assert_array_equal(new_state, expected_state)
+
+
+def test_numba_backend_rejects_other_models_and_devices(
+    tmp_path: Path, tiny_artifact: Path
+) -> None:
+    model = SASRec(SASRecConfig(n_items=TINY_N_ITEMS, d_model=8, max_len=8))
+    save_artifact(tmp_path, model, TINY_ITEM_IDS, torch.ones(TINY_N_ITEMS + 1))
+    with pytest.raises(ValueError, match="LRUREC_BACKEND=torch"):
+        build_stepper("numba", load_artifact(tmp_path), "cpu")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        build_stepper("numba", load_artifact(tiny_artifact), "cuda")
+
+
+def test_service_on_the_numba_backend_recommends_like_torch(
+    make_artifact: ArtifactFactory, redis_url: str
+) -> None:
+    artifact = make_artifact()
+    answers = []
+    for backend in ("torch", "numba"):
+        settings = Settings(
+            artifact=artifact, redis_url=redis_url, backend=backend, key_prefix=f"nb-{backend}"
+        )
+        with TestClient(create_app(settings)) as client:
+            for item in ("item-3", "item-7", "item-11"):
+                response = client.post("/events", json={"user_id": "u1", "item_id": item})
+                assert response.status_code < 300, response.text
+            response = client.get("/recommendations/u1", params={"k": 10})
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+    torch_items = [entry["item_id"] for entry in answers[0]["items"]]
+    numba_items = [entry["item_id"] for entry in answers[1]["items"]]
+    assert len(torch_items) == 10
+    assert numba_items == torch_items
+
+
+def _ml1m_sized_artifact() -> Artifact:
+    torch.manual_seed(0)
+    model = LRURec(LRURecConfig(n_items=ML1M_ITEMS, d_model=64, n_layers=2)).eval()
+    item_ids = [f"item-{index}" for index in range(1, ML1M_ITEMS + 1)]
+    popularity = torch.ones(ML1M_ITEMS + 1)
+    return Artifact(model, item_ids, popularity, "parity", model.config.to_dict(), Path())
+
+
+def test_numba_step_and_top_k_match_torch_over_100_random_states() -> None:
+    artifact = _ml1m_sized_artifact()
+    numba, reference = NumbaStepper(artifact), TorchStepper(artifact)
+    generator = np.random.default_rng(1)
+    states = generator.normal(size=(100, *numba.state_shape)).astype(np.float32)
+    items = generator.integers(1, ML1M_ITEMS + 1, size=100)
+    exclude = [
+        generator.integers(1, ML1M_ITEMS + 1, size=row % 5 * 20).tolist() for row in range(100)
+    ]
+    for batch in (1, 100):
+        for row in range(0, 100, batch):
+            rows = slice(row, row + batch)
+            hidden, new_states = numba.step(items[rows], states[rows])
+            expected_hidden, expected_states = reference.step(items[rows], states[rows])
+            np.testing.assert_allclose(hidden, expected_hidden, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(new_states, expected_states, rtol=0, atol=1e-5)
+            ranked = numba.top_k(hidden, 10, exclude[rows])
+            for (indices, values), (expected_indices, expected_values) in zip(
+                ranked, reference.top_k(expected_hidden, 10, exclude[rows]), strict=True
+            ):
+                np.testing.assert_array_equal(indices, expected_indices)
+                np.testing.assert_allclose(values, expected_values, rtol=0, atol=SCORE_TOLERANCE)
