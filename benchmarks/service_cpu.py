@@ -98,7 +98,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tree", type=Path, action="append", help="repository checkout(s)")
-    parser.add_argument("--backend", default="torch", help="LRUREC_BACKEND of the service")
+    parser.add_argument("--backend", default="auto", help="LRUREC_BACKEND of the service")
     parser.add_argument("--rate", type=float, default=400.0, help="offered events/s")
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")

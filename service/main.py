@@ -42,6 +42,7 @@ def _build_engine(
         )
     artifact = load_artifact(settings.artifact, device=settings.device)
     stepper = build_stepper(settings.backend, artifact, settings.device)
+    logger.info("model backend %s: %s", settings.backend, type(stepper).__name__)
     stepper = with_quantized_scoring(stepper, artifact, settings)  # large catalogues: exact int8
     client = create_redis(
         redis_url, settings.redis_timeout_seconds, settings.redis_retries,

@@ -174,7 +174,15 @@ def _numba_stepper(artifact: Artifact, device: str) -> Stepper:
     return NumbaStepper(artifact, device)
 
 
+def _auto_stepper(artifact: Artifact, device: str) -> Stepper:
+    """numba for LRURec on the CPU (the fastest per event, benchmarks/RESULTS.md), else torch."""
+    if isinstance(artifact.model, LRURec) and device == "cpu":
+        return _numba_stepper(artifact, device)
+    return TorchStepper(artifact, device)
+
+
 BACKENDS: dict[str, StepperFactory] = {
+    "auto": _auto_stepper,
     "torch": TorchStepper,
     "onnx": _onnx_stepper,
     "numba": _numba_stepper,

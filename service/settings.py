@@ -33,10 +33,11 @@ class Settings(BaseSettings):
     )
     key_prefix: str = Field(default="lrurec", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     backend: str = Field(
-        default="torch",
-        description="Model runtime: `torch`; `onnx` (onnxruntime, LRURec artifacts only; "
-        "its intra-op threads follow `torch_threads`); or `numba` (compiled step and top-k, "
-        "LRURec artifacts on the CPU only; the fastest per event at small batches).",
+        default="auto",
+        description="Model runtime: `numba` (compiled step and top-k; LRURec on the CPU; the "
+        "fastest per event), `onnx` (onnxruntime; LRURec; its intra-op threads follow "
+        "`torch_threads`), `torch` (any model, CPU or CUDA), or `auto`: numba where it "
+        "applies, torch otherwise.",
     )
     device: Literal["cpu", "cuda"] = "cpu"
     torch_threads: int = Field(default=1, ge=1, le=256)

@@ -70,10 +70,10 @@ def bench(
     lrurec_backend: Annotated[
         str,
         typer.Option(
-            help="LRUREC_BACKEND of the LRURec servers: onnx (fastest on CPU) or torch. SASRec "
-            "recompute always runs in torch."
+            help="LRUREC_BACKEND of the LRURec servers: numba (fastest on CPU), onnx or torch. "
+            "SASRec recompute always runs in torch."
         ),
-    ] = "onnx",
+    ] = "numba",
     replicas: Annotated[
         int,
         typer.Option(

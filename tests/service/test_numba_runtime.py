@@ -182,3 +182,13 @@ def test_numba_step_and_top_k_match_torch_over_100_random_states() -> None:
             ):
                 np.testing.assert_array_equal(indices, expected_indices)
                 np.testing.assert_allclose(values, expected_values, rtol=0, atol=SCORE_TOLERANCE)
+
+
+def test_auto_backend_picks_numba_for_lrurec_on_the_cpu_and_torch_otherwise(
+    tmp_path: Path, tiny_artifact: Path
+) -> None:
+    assert isinstance(build_stepper("auto", load_artifact(tiny_artifact), "cpu"), NumbaStepper)
+    model = SASRec(SASRecConfig(n_items=TINY_N_ITEMS, d_model=8, max_len=8))
+    save_artifact(tmp_path, model, TINY_ITEM_IDS, torch.ones(TINY_N_ITEMS + 1))
+    assert isinstance(build_stepper("auto", load_artifact(tmp_path), "cpu"), TorchStepper)
+    assert Settings().backend == "auto"
