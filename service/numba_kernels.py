@@ -47,13 +47,16 @@ def _layer_norm(x: Floats, weight: Floats, bias: Floats, eps: float, out: Floats
 
 
 @njit(fastmath=FAST_MATH, inline="always")
-def _add_product(weight_t: Floats, x: Floats, out: Floats) -> None:
-    """``out += x @ weight_t`` with ``weight_t`` ``[inputs, outputs]``: one axpy per input."""
+def _add_products(weight_t: Floats, x: Floats, out: Floats) -> None:
+    """``out += x @ weight_t`` for a batch, ``x [b, inputs]``, ``out [b, outputs]``: each
+    weight row is used for every user while it is in cache."""
     for j in range(weight_t.shape[0]):
-        xj = x[j]
         row = weight_t[j]
-        for r in range(weight_t.shape[1]):
-            out[r] += xj * row[r]
+        for user in range(x.shape[0]):
+            xj = x[user, j]
+            target = out[user]
+            for r in range(weight_t.shape[1]):
+                target[r] += xj * row[r]
 
 
 @njit(fastmath=FAST_MATH, nogil=True)
@@ -62,7 +65,7 @@ def step_kernel(
     states: Floats,
     hidden_out: Floats,
     states_out: Floats,
-    table_t: Floats,
+    table: Floats,
     embedding_norm_weight: Floats,
     embedding_norm_bias: Floats,
     rotations: Floats,
@@ -83,56 +86,56 @@ def step_kernel(
     """One event per user: ``items [b]``, ``states [b, L, 2, n]`` → ``hidden_out [b, d]``,
     ``states_out [b, L, 2, n]`` (written in place).
 
-    ``table_t`` is the item embedding transposed, ``[d, v]``, shared with :func:`top_k_kernel`
-    (one copy of the table; the step reads one strided column of it).
+    ``table`` is the item embedding ``[v, d]``, the same array :func:`top_k_kernel` scores.
 
     Returns:
-        -1, or the first user whose item is not a column of ``table_t`` (nothing written from
-        there on: unchecked, it would read outside the table).
+        -1, or the first user whose item is not a row of ``table``; then nothing is written
+        (unchecked, it would read outside the table).
     """
-    width = table_t.shape[0]
-    n_layers = rotations.shape[0]
-    n = rotations.shape[3]
-    x = np.empty(width, np.float32)
-    residual = np.empty(width, np.float32)
-    inner = np.empty(ffn_in_weight_t.shape[2], np.float32)
-    for user in range(items.shape[0]):
-        if items[user] < 0 or items[user] >= table_t.shape[1]:
+    batch, width = items.shape[0], table.shape[1]
+    n_layers, n = rotations.shape[0], rotations.shape[3]
+    x = np.empty((batch, width), np.float32)
+    h = np.empty((batch, 2 * n), np.float32)  # (Re h; Im h) of one layer, every user
+    residual = np.empty((batch, width), np.float32)
+    inner = np.empty((batch, ffn_in_weight_t.shape[2]), np.float32)
+    for user in range(batch):
+        if items[user] < 0 or items[user] >= table.shape[0]:
             return user
-        _layer_norm(table_t[:, items[user]], embedding_norm_weight, embedding_norm_bias, eps, x)
-        for k in range(n_layers):
+        _layer_norm(table[items[user]], embedding_norm_weight, embedding_norm_bias, eps, x[user])
+    for k in range(n_layers):  # layer by layer, so each weight row is read once per batch
+        rotation, carried = rotations[k], input_bias[k]
+        for user in range(batch):
             old = states[user, k]
-            new = states_out[user, k]
-            rotation, carried = rotations[k], input_bias[k]
             for j in range(n):  # λ ⊙ h + γ ⊙ b as a rotation of (Re h, Im h)
                 real, imag = old[0, j], old[1, j]
-                new[0, j] = rotation[0, 0, j] * real + rotation[0, 1, j] * imag + carried[0, j]
-                new[1, j] = rotation[1, 0, j] * real + rotation[1, 1, j] * imag + carried[1, j]
-            h = new.reshape(2 * n)
-            _add_product(u_weight_t[k], x, h)  # + γ ⊙ B x
-            residual[:] = c_bias[k]
-            _add_product(c_weight_t[k], h, residual)  # Re(C h) + c
-            for j in range(width):
-                residual[j] += x[j]
-            _layer_norm(residual, lru_norm_weight[k], lru_norm_bias[k], eps, x)
-            inner[:] = ffn_in_bias[k]
-            _add_product(ffn_in_weight_t[k], x, inner)
-            for j in range(inner.shape[0]):
-                value = inner[j]
-                inner[j] = 0.5 * value * (1.0 + math.erf(value * INV_SQRT2))
-            residual[:] = ffn_out_bias[k]
-            _add_product(ffn_out_weight_t[k], inner, residual)
-            for j in range(width):
-                residual[j] += x[j]
-            _layer_norm(residual, ffn_norm_weight[k], ffn_norm_bias[k], eps, x)
-        hidden_out[user] = x
+                h[user, j] = rotation[0, 0, j] * real + rotation[0, 1, j] * imag + carried[0, j]
+                h[user, n + j] = rotation[1, 0, j] * real + rotation[1, 1, j] * imag + carried[1, j]
+        _add_products(u_weight_t[k], x, h)  # + γ ⊙ B x
+        for user in range(batch):
+            states_out[user, k, 0] = h[user, :n]
+            states_out[user, k, 1] = h[user, n:]
+            residual[user] = c_bias[k] + x[user]
+        _add_products(c_weight_t[k], h, residual)  # Re(C h) + c + x
+        for user in range(batch):
+            _layer_norm(residual[user], lru_norm_weight[k], lru_norm_bias[k], eps, x[user])
+            inner[user] = ffn_in_bias[k]
+        _add_products(ffn_in_weight_t[k], x, inner)
+        for user in range(batch):
+            row = inner[user]
+            for j in range(row.shape[0]):
+                row[j] = 0.5 * row[j] * (1.0 + math.erf(row[j] * INV_SQRT2))
+            residual[user] = ffn_out_bias[k] + x[user]
+        _add_products(ffn_out_weight_t[k], inner, residual)
+        for user in range(batch):
+            _layer_norm(residual[user], ffn_norm_weight[k], ffn_norm_bias[k], eps, x[user])
+    hidden_out[:] = x
     return -1
 
 
 @njit(fastmath=FAST_MATH, nogil=True)
 def top_k_kernel(
     hidden: Floats,
-    table_t: Floats,
+    table: Floats,
     bias: Floats,
     exclude: Indices,
     exclude_starts: Indices,
@@ -141,8 +144,11 @@ def top_k_kernel(
     top_scores: Floats,
     counts: Indices,
 ) -> int:
-    """Exact top-``k`` of ``hidden [b, d] @ table + bias`` per user, column 0 and excluded items
-    left out, best first; ties keep the lower index first (as ONNX TopK).
+    """Exact top-``k`` of ``hidden [b, d] @ tableᵀ + bias`` per user, column 0, excluded items
+    and non-finite scores left out, best first; ties keep the lower index first (as ONNX TopK).
+
+    Selection is by insertion into the sorted best ``k``: O(v·k) at worst, meant for small
+    ``k`` (the caller ranks large ``k`` otherwise).
 
     ``exclude`` holds every user's excluded indices back to back; user ``u``'s are
     ``exclude[exclude_starts[u]:exclude_starts[u + 1]]``. Writes ``top_items [b, k]``,
@@ -151,11 +157,16 @@ def top_k_kernel(
     Returns:
         -1, or the first user with an excluded index outside ``[0, v)`` (not ranked).
     """
-    n_columns = table_t.shape[1]
+    n_columns, width = table.shape
     scores = np.empty(n_columns, np.float32)
     for user in range(hidden.shape[0]):
-        scores[:] = bias
-        _add_product(table_t, hidden[user], scores)
+        query = hidden[user]
+        for item in range(n_columns):
+            row = table[item]
+            score = np.float32(0.0)
+            for j in range(width):
+                score += row[j] * query[j]
+            scores[item] = score + bias[item]
         scores[0] = -np.inf
         for position in range(exclude_starts[user], exclude_starts[user + 1]):
             if exclude[position] < 0 or exclude[position] >= n_columns:
@@ -166,7 +177,7 @@ def top_k_kernel(
         filled = 0
         for item in range(n_columns):
             score = scores[item]
-            if score == -np.inf:
+            if not (score > -np.inf and score < np.inf):  # masked, or NaN/inf from bad weights
                 continue
             if filled == k:
                 if not score > best_scores[k - 1]:

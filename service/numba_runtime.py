@@ -4,9 +4,11 @@ The fastest CPU path at small batches, where a call is dominated by per-operator
 PyTorch and onnxruntime (benchmarks/RESULTS.md): the kernels in :mod:`service.numba_kernels`
 do a batch-1 step + ranking in about the time of its arithmetic. Weights are snapshotted at
 start-up in the kernels' layouts, from the same folded constants the torch fast path and the
-ONNX export use (:mod:`model.folded`). The kernels are compiled when the backend is built (a
-few seconds, once per process), so the first event does not pay for it. History rebuilds and
-the cold-start vector are rare and stay in PyTorch (:class:`service.runtime.TorchRebuilds`).
+ONNX export use (:mod:`model.folded`); the item table is the torch model's own (not copied).
+The kernels are compiled when the backend is built, once per process (5-15 s on a 2-core VM;
+numba and LLVM add about 200 MB of resident memory), so the first event does not pay for it.
+History rebuilds and the cold-start vector are rare and stay in PyTorch
+(:class:`service.runtime.TorchRebuilds`).
 """
 
 from collections.abc import Callable, Sequence
@@ -21,7 +23,14 @@ from model import Artifact, LRURec
 from model.folded import fold
 from model.layers import LRUBlock
 from service.numba_kernels import step_kernel, top_k_kernel
-from service.runtime import FloatArray, IndexArray, TorchRebuilds
+from service.runtime import FloatArray, IndexArray, TorchRebuilds, top_k_numpy
+
+FUSED_MAX_K = 32
+"""Largest k ranked by the fused kernel; its insertion selection is O(v·k) at worst."""
+BLAS_MIN_ROWS = 8
+"""From this many rows, one BLAS product scores them faster than the kernel's per-row loop."""
+SCORE_CHUNK_FLOATS = 1 << 22
+"""Scores held at once on the BLAS path (16 MB), whatever the batch and catalogue."""
 
 
 def _array(tensor: torch.Tensor) -> FloatArray:
@@ -104,7 +113,8 @@ class NumbaStepper(TorchRebuilds):
         super().__init__(model)
         with torch.no_grad():
             self._weights = kernel_weights(model)
-            self._table_t = _array(model.embedding.weight.t())  # [d, v]
+            # The torch model's own table (no copy; prefill reads it too): 256 MB at 1M × 64.
+            self._table = _array(model.embedding.weight)  # [v, d]
             self._bias = _array(model.item_bias)
         self._eps = float(model.embedding_norm.eps)
         self._state_shape = tuple(model.state_shape)
@@ -124,15 +134,15 @@ class NumbaStepper(TorchRebuilds):
     def step(self, items: IndexArray, states: FloatArray) -> tuple[FloatArray, FloatArray]:
         items = _writable(items, np.int64)
         states = _writable(states, np.float32)
-        if states.shape != (len(items), *self._state_shape):
+        if items.ndim != 1 or states.shape != (len(items), *self._state_shape):
             raise ValueError(
-                f"states of shape {states.shape} for {len(items)} items; expected "
-                f"{(len(items), *self._state_shape)}"
+                f"items {items.shape} and states {states.shape}; expected [b] and "
+                f"{['b', *self._state_shape]}"
             )
         hidden = np.empty((len(items), self._width), dtype=np.float32)
         new_states = np.empty_like(states)
         failed = _step_kernel(
-            items, states, hidden, new_states, self._table_t, *self._weights, self._eps
+            items, states, hidden, new_states, self._table, *self._weights, self._eps
         )
         if failed >= 0:
             raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
@@ -140,28 +150,37 @@ class NumbaStepper(TorchRebuilds):
 
     def scores(self, hidden: FloatArray) -> FloatArray:
         """Scores ``[b, v]``; column 0 is -inf, as the other backends' score paths."""
-        scores: FloatArray = np.asarray(hidden, dtype=np.float32) @ self._table_t + self._bias
+        scores: FloatArray = np.asarray(hidden, dtype=np.float32) @ self._table.T + self._bias
         scores[:, 0] = -np.inf
         return scores
 
     def top_k(
         self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
     ) -> list[tuple[IndexArray, FloatArray]]:
-        """Exact top-k per row; column 0 and the excluded items are never returned."""
+        """Exact top-k per row; column 0, excluded items and non-finite scores never returned.
+
+        Small batches with a small ``k`` (every per-event call) go through the fused kernel;
+        larger ones through BLAS scores in bounded row chunks and a partial sort, where the
+        kernel's insertion selection (O(v·k)) or its per-row loop would be slower.
+        """
         hidden = _writable(hidden, np.float32)
         rows = len(hidden)
+        if hidden.ndim != 2 or hidden.shape[1] != self._width:
+            raise ValueError(f"hidden of shape {hidden.shape}; expected [b, {self._width}]")
         if len(exclude) != rows:
             raise ValueError(f"{len(exclude)} exclusion lists for {rows} rows")
-        k = max(0, min(k, self._table_t.shape[1] - 1))
+        k = max(0, min(k, len(self._table) - 1))
         if k == 0:
             empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
             return [empty for _ in range(rows)]
+        if k > FUSED_MAX_K or rows >= BLAS_MIN_ROWS:
+            return self._top_k_blas(hidden, k, exclude)
         flat, starts = _concatenated(exclude)
         top_items = np.empty((rows, k), dtype=np.int64)
         top_scores = np.empty((rows, k), dtype=np.float32)
         counts = np.empty(rows, dtype=np.int64)
         failed = _top_k_kernel(
-            hidden, self._table_t, self._bias, flat, starts, k, top_items, top_scores, counts
+            hidden, self._table, self._bias, flat, starts, k, top_items, top_scores, counts
         )
         if failed >= 0:
             raise IndexError(f"excluded index outside the vocabulary in row {failed}")
@@ -169,3 +188,19 @@ class NumbaStepper(TorchRebuilds):
             (top_items[row, :count], top_scores[row, :count])
             for row, count in enumerate(counts.tolist())
         ]
+
+    def _top_k_blas(
+        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+    ) -> list[tuple[IndexArray, FloatArray]]:
+        vocab = len(self._table)
+        chunk = max(1, SCORE_CHUNK_FLOATS // vocab)
+        results = []
+        for first in range(0, len(hidden), chunk):
+            scores = self.scores(hidden[first : first + chunk])
+            scores[~np.isfinite(scores)] = -np.inf  # NaN/inf from bad weights: never ranked
+            for offset, excluded in enumerate(exclude[first : first + chunk]):
+                if any(not 0 <= index < vocab for index in excluded):
+                    row = first + offset
+                    raise IndexError(f"excluded index outside the vocabulary in row {row}")
+                results.append(top_k_numpy(scores[offset], k, excluded))
+        return results

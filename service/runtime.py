@@ -44,7 +44,8 @@ class Stepper(Protocol):
         ...
 
     def scores(self, hidden: FloatArray) -> FloatArray:
-        """Item scores ``[b, v]`` of hidden ``[b, d]`` (column 0 included, unmasked)."""
+        """Item scores ``[b, v]`` of hidden ``[b, d]``; column 0 (padding) is included, and some
+        backends set it to -inf: callers mask it either way."""
         ...
 
     def top_k(

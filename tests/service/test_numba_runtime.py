@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from model import Artifact, LRURec, LRURecConfig, SASRec, SASRecConfig, load_artifact, save_artifact
 from service.main import create_app
+from service.numba_kernels import step_kernel
 from service.numba_runtime import NumbaStepper
 from service.runtime import TorchStepper, build_stepper
 from service.settings import Settings
@@ -89,6 +90,42 @@ def test_numba_top_k_breaks_ties_by_the_lower_index(tiny_artifact: Path) -> None
     assert len(set(values.tolist())) == 1
 
 
+def test_numba_top_k_never_ranks_non_finite_scores(tiny_artifact: Path) -> None:
+    artifact = load_artifact(tiny_artifact)
+    model = artifact.model
+    assert isinstance(model, LRURec)
+    with torch.no_grad():
+        model.item_bias[5] = torch.nan  # one bad row, e.g. from a diverged run
+        model.item_bias[9] = torch.inf
+    stepper = NumbaStepper(artifact)
+    state = np.zeros((1, *stepper.state_shape), dtype=np.float32)
+    hidden = stepper.step(np.array([3], dtype=np.int64), state)[0]
+    table, bias = model.embedding.weight.detach().numpy(), model.item_bias.detach().numpy()
+    scores = hidden[0] @ table.T + bias
+    finite = [index for index in range(1, TINY_N_ITEMS + 1) if np.isfinite(scores[index])]
+    expected = sorted(finite, key=lambda index: (-scores[index], index))
+    for k in (5, 40):  # the fused kernel and the BLAS path
+        indices, values = stepper.top_k(hidden, k, [[]])[0]
+        assert indices.tolist() == expected[:k]
+        assert np.isfinite(values).all()
+
+
+def test_numba_top_k_of_a_large_k_or_batch_matches_torch(tiny_artifact: Path) -> None:
+    stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
+    reference = build_stepper("torch", load_artifact(tiny_artifact), "cpu")
+    generator = np.random.default_rng(4)
+    hidden = generator.normal(size=(9, 16)).astype(np.float32)
+    exclude = [generator.integers(1, TINY_N_ITEMS + 1, size=row).tolist() for row in range(9)]
+    for rows, k in ((1, 40), (9, 10), (9, TINY_N_ITEMS)):
+        for (indices, values), (expected_indices, expected_values) in zip(
+            stepper.top_k(hidden[:rows], k, exclude[:rows]),
+            reference.top_k(hidden[:rows], k, exclude[:rows]),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(indices, expected_indices)
+            np.testing.assert_allclose(values, expected_values, atol=SCORE_TOLERANCE)
+
+
 def test_numba_backend_refuses_bad_input_instead_of_reading_out_of_bounds(
     tiny_artifact: Path,
 ) -> None:
@@ -98,13 +135,18 @@ def test_numba_backend_refuses_bad_input_instead_of_reading_out_of_bounds(
         stepper.step(np.array([1, TINY_N_ITEMS + 1], dtype=np.int64), states)
     with pytest.raises(IndexError, match="outside the model's vocabulary"):
         stepper.step(np.array([-1, 1], dtype=np.int64), states)
-    with pytest.raises(ValueError, match="states of shape"):
+    with pytest.raises(ValueError, match="expected"):
         stepper.step(np.array([1], dtype=np.int64), states)
+    with pytest.raises(ValueError, match="expected"):
+        stepper.step(np.array([[1, 2]], dtype=np.int64), states)
     hidden = stepper.step(np.array([1, 2], dtype=np.int64), states)[0]
-    with pytest.raises(IndexError, match="row 1"):
-        stepper.top_k(hidden, 5, [[1], [TINY_N_ITEMS + 1]])
+    for k in (5, 40):  # the fused kernel and the BLAS path
+        with pytest.raises(IndexError, match="row 1"):
+            stepper.top_k(hidden, k, [[1], [TINY_N_ITEMS + 1]])
     with pytest.raises(ValueError, match="exclusion lists"):
         stepper.top_k(hidden, 5, [[1]])
+    with pytest.raises(ValueError, match="hidden of shape"):  # would read past each row
+        stepper.top_k(np.ascontiguousarray(hidden[:, :-1]), 5, [[], []])
 
 
 def test_numba_step_accepts_read_only_states(tiny_artifact: Path) -> None:
@@ -113,7 +155,9 @@ def test_numba_step_accepts_read_only_states(tiny_artifact: Path) -> None:
     read_only = np.frombuffer(state.tobytes(), dtype=np.float32).reshape(1, *state.shape)
     assert not read_only.flags.writeable  # as decoded from Redis bytes
     items = np.array([7], dtype=np.int64)
+    compiled = len(step_kernel.signatures)
     hidden, new_state = stepper.step(items, read_only)
+    assert len(step_kernel.signatures) == compiled  # no compile on the request path
     expected_hidden, expected_state = stepper.step(items, state[None].copy())
     np.testing.assert_array_equal(hidden, expected_hidden)
     np.testing.assert_array_equal(new_state, expected_state)
@@ -191,4 +235,4 @@ def test_auto_backend_picks_numba_for_lrurec_on_the_cpu_and_torch_otherwise(
     model = SASRec(SASRecConfig(n_items=TINY_N_ITEMS, d_model=8, max_len=8))
     save_artifact(tmp_path, model, TINY_ITEM_IDS, torch.ones(TINY_N_ITEMS + 1))
     assert isinstance(build_stepper("auto", load_artifact(tmp_path), "cpu"), TorchStepper)
-    assert Settings().backend == "auto"
+    assert Settings.model_fields["backend"].default == "auto"
