@@ -180,6 +180,18 @@ def lrurec_onnx_user(
     return event
 
 
+def lrurec_numba_user(model: LRURec, stepper: Stepper, n_events: int) -> Callable[[int], object]:
+    """One user's stream through the numba backend (step, then top-10 of every item)."""
+    items = random_items(model.config.n_items, (n_events, 1), seed=7).numpy()
+    state: list[np.ndarray] = [np.zeros((1, *model.state_shape), dtype=np.float32)]
+
+    def event(index: int) -> object:
+        hidden, state[0] = stepper.step(items[index], state[0])
+        return stepper.top_k(hidden, K, [[]])
+
+    return event
+
+
 def sasrec_user(model: SASRec, n_events: int) -> Callable[[int], object]:
     """One user's stream through SASRec recompute (the window fills, then slides)."""
     items = random_items(model.config.n_items, (n_events, 1), seed=7)

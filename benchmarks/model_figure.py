@@ -36,13 +36,16 @@ def stream_times(
 
 
 def plot_cumulative(path: Path, n_events: int, threads: int) -> dict[str, float]:
-    """Time the three streams, save the figure at ``path`` and return total seconds per curve."""
+    """Time the streams, save the figure at ``path`` and return total seconds per curve."""
     lrurec = cases.lrurec_model(N_ITEMS)
     session = cases.lrurec_onnx_session(lrurec, threads)
     sasrec = cases.sasrec_model(N_ITEMS, SASREC_LENGTH)
     streams = {
         "LRURec step (torch)": lambda: cases.lrurec_torch_user(lrurec, n_events),
         "LRURec step (onnxruntime)": lambda: cases.lrurec_onnx_user(lrurec, session, n_events),
+        "LRURec step (numba)": lambda: cases.lrurec_numba_user(
+            lrurec, cases.service_stepper(lrurec, "numba", threads), n_events
+        ),
         f"SASRec recompute, L = {SASREC_LENGTH} (torch)": lambda: cases.sasrec_user(
             sasrec, n_events
         ),
