@@ -21,7 +21,7 @@ from service.fast_events import EventsFastPath
 from service.limits import BodySizeLimitMiddleware
 from service.quantized_onnx import with_quantized_scoring
 from service.routes import router
-from service.runtime import build_stepper
+from service.runtime import build_stepper, resolve_backend
 from service.settings import Settings, get_settings
 from service.store import UserStore, create_redis
 
@@ -34,15 +34,16 @@ history length) and can return the fresh top-k in the same response."""
 
 def _build_engine(
     settings: Settings, redis_url: str
-) -> tuple[Engine, Callable[[], Awaitable[None]]]:
+) -> tuple[Engine, str, Callable[[], Awaitable[None]]]:
     if settings.artifact is None:
         raise RuntimeError(
             "no artifact configured: set LRUREC_ARTIFACT (or run `lrurec serve`, which builds "
             "a demo artifact)"
         )
     artifact = load_artifact(settings.artifact, device=settings.device)
-    stepper = build_stepper(settings.backend, artifact, settings.device)
-    logger.info("model backend %s: %s", settings.backend, type(stepper).__name__)
+    backend = resolve_backend(settings.backend, artifact, settings.device)
+    stepper = build_stepper(backend, artifact, settings.device)
+    logger.info("model backend: %s (LRUREC_BACKEND=%s)", backend, settings.backend)
     stepper = with_quantized_scoring(stepper, artifact, settings)  # large catalogues: exact int8
     client = create_redis(
         redis_url, settings.redis_timeout_seconds, settings.redis_retries,
@@ -57,7 +58,7 @@ def _build_engine(
         await store.aclose()
         await client.aclose()
 
-    return Engine(store, stepper, artifact, settings), close
+    return Engine(store, stepper, artifact, settings), backend, close
 
 
 def _warm_up(engine: Engine) -> None:
@@ -79,11 +80,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             embedded = stack.enter_context(EmbeddedRedis())
             redis_url = embedded.url
             logger.info("started embedded redis-server on %s", redis_url)
-        engine, close_redis = _build_engine(settings, redis_url)
+        engine, backend, close_redis = _build_engine(settings, redis_url)
         stack.push_async_callback(close_redis)
         app.state.engine = engine
         _warm_up(engine)
-        telemetry.set_model(engine.model_version, engine.model_type, engine.n_items)
+        telemetry.set_model(engine.model_version, engine.model_type, backend, engine.n_items)
         await engine.ready()
         logger.info(
             "serving %s model %s (%d items) with Redis at %s",

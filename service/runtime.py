@@ -175,15 +175,7 @@ def _numba_stepper(artifact: Artifact, device: str) -> Stepper:
     return NumbaStepper(artifact, device)
 
 
-def _auto_stepper(artifact: Artifact, device: str) -> Stepper:
-    """numba for LRURec on the CPU (the fastest per event, benchmarks/RESULTS.md), else torch."""
-    if isinstance(artifact.model, LRURec) and device == "cpu":
-        return _numba_stepper(artifact, device)
-    return TorchStepper(artifact, device)
-
-
 BACKENDS: dict[str, StepperFactory] = {
-    "auto": _auto_stepper,
     "torch": TorchStepper,
     "onnx": _onnx_stepper,
     "numba": _numba_stepper,
@@ -191,8 +183,16 @@ BACKENDS: dict[str, StepperFactory] = {
 """Backend name (``LRUREC_BACKEND``) → factory. A new backend registers one line here."""
 
 
-def build_stepper(backend: str, artifact: Artifact, device: str) -> Stepper:
-    """The configured backend for ``artifact`` on ``device``."""
+def resolve_backend(backend: str, artifact: Artifact, device: str) -> str:
+    """The backend ``backend`` stands for: ``auto`` is numba for LRURec on the CPU (the fastest
+    per event, benchmarks/RESULTS.md), torch otherwise; any other name is itself."""
+    if backend == "auto":
+        return "numba" if isinstance(artifact.model, LRURec) and device == "cpu" else "torch"
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; available: {sorted(BACKENDS)}")
-    return BACKENDS[backend](artifact, device)
+        raise ValueError(f"unknown backend {backend!r}; available: auto, {', '.join(BACKENDS)}")
+    return backend
+
+
+def build_stepper(backend: str, artifact: Artifact, device: str) -> Stepper:
+    """The configured backend (a :data:`BACKENDS` name or ``auto``) for ``artifact``."""
+    return BACKENDS[resolve_backend(backend, artifact, device)](artifact, device)

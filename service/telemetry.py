@@ -91,8 +91,8 @@ QUANTIZED_ROWS = Counter(
 )
 MODEL_INFO = Gauge(
     "lrurec_model_info",
-    "Always 1; the labels name the loaded model.",
-    ["model_version", "model_type"],
+    "Always 1; the labels name the loaded model and the backend running it.",
+    ["model_version", "model_type", "backend"],
     multiprocess_mode="livemax",
 )
 MODEL_ITEMS = Gauge(
@@ -258,8 +258,8 @@ def render_metrics(accept: str | None) -> tuple[bytes, str]:
     return encoder(registry), content_type
 
 
-def set_model(model_version: str, model_type: str, n_items: int) -> None:
-    MODEL_INFO.labels(model_version, model_type).set(1)
+def set_model(model_version: str, model_type: str, backend: str, n_items: int) -> None:
+    MODEL_INFO.labels(model_version, model_type, backend).set(1)
     MODEL_ITEMS.set(n_items)
 
 

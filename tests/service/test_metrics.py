@@ -93,7 +93,8 @@ def test_counters_and_histograms_move_with_traffic(client: TestClient) -> None:
 def test_model_gauges_describe_the_loaded_artifact(client: TestClient) -> None:
     samples = scrape(client)
     version = client.get("/readyz").json()["model_version"]
-    assert value(samples, "lrurec_model_info", model_version=version, model_type="lrurec") == 1
+    info = {"model_version": version, "model_type": "lrurec", "backend": "numba"}  # auto
+    assert value(samples, "lrurec_model_info", **info) == 1
     assert value(samples, "lrurec_model_items") == 50
     assert value(samples, "lrurec_ready") == 1
 

@@ -236,3 +236,5 @@ def test_auto_backend_picks_numba_for_lrurec_on_the_cpu_and_torch_otherwise(
     save_artifact(tmp_path, model, TINY_ITEM_IDS, torch.ones(TINY_N_ITEMS + 1))
     assert isinstance(build_stepper("auto", load_artifact(tmp_path), "cpu"), TorchStepper)
     assert Settings.model_fields["backend"].default == "auto"
+    with pytest.raises(ValueError, match="unknown backend 'fast'; available: auto, torch"):
+        build_stepper("fast", load_artifact(tiny_artifact), "cpu")
