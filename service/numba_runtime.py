@@ -74,6 +74,9 @@ _top_k_kernel = cast(Callable[..., int], top_k_kernel)
 def _writable(array: NDArray[np.generic], dtype: type[ScalarT]) -> NDArray[ScalarT]:
     # numba compiles read-only arrays (states decoded from Redis bytes) as another type: a copy
     # of a few KB costs far less than compiling that variant on the first event.
+    flags = array.flags
+    if array.dtype == dtype and flags.c_contiguous and flags.writeable:
+        return array  # type: ignore[return-value]  # checked just above; np.require is 4× slower
     writable: NDArray[ScalarT] = np.require(array, dtype=dtype, requirements=["C", "W"])
     return writable
 
