@@ -9,6 +9,10 @@ Two clients: ``raw`` (a minimal HTTP/1.1 keep-alive client on asyncio streams, s
 generator takes little of the CPU the server needs on a small machine) and ``httpx``.
 
     python -m benchmarks.service_load --duration 20 --concurrency 16 --client raw
+
+A closed loop (each connection waits for its answer): the open-loop generator behind
+``lrurec bench`` (``cli/bench/``) is the one for latency under a fixed arrival rate; this script
+shares its server, readiness and pre-fill helpers.
 """
 
 import argparse
@@ -16,8 +20,6 @@ import asyncio
 import json
 import random
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,70 +27,15 @@ from pathlib import Path
 import httpx
 import orjson
 import psutil
-import torch
 
-from model import LRURec, LRURecConfig, save_artifact
+from cli.bench.artifacts import ML1M_ITEMS, bench_artifact
+from cli.bench.sweep import prefill, start_server, wait_ready
 from service.embedded_redis import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-ML1M = REPO.parent / "shared" / "data" / "ml-1m"
 OUT = REPO / "benchmarks" / "out"
-N_ITEMS = 3416
 
 Send = Callable[[bytes], Awaitable[float]]
-
-
-def catalogue() -> list[str]:
-    """ML-1M's external movie ids in index order when the data is present, else 1..3416."""
-    item_map = ML1M / "item_map.tsv"
-    if not item_map.is_file():
-        return [str(index) for index in range(1, N_ITEMS + 1)]
-    rows = [row.split("\t") for row in item_map.read_text().splitlines()[1:]]
-    return [raw for raw, _ in sorted(rows, key=lambda row: int(row[1]))]
-
-
-def build_artifact(directory: Path, item_ids: list[str]) -> Path:
-    """Random weights at production size (timing does not depend on the weights)."""
-    if not (directory / "config.json").is_file():
-        torch.manual_seed(0)
-        model = LRURec(LRURecConfig(n_items=len(item_ids), d_model=64, n_layers=2, max_len=200))
-        popularity = torch.ones(len(item_ids) + 1)
-        save_artifact(directory, model.eval(), item_ids, popularity, {"source": "benchmark"})
-    return directory
-
-
-def start_server(artifact: Path, port: int) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable, "-c", "from cli.main import app; app()", "serve", "--port", str(port),
-        "--artifact", str(artifact), "--workers", "1", "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
-    return subprocess.Popen(command, cwd=REPO)
-
-
-def wait_ready(base_url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"server at {base_url} not ready after {timeout}s")
-
-
-def prefill(base_url: str, item_ids: list[str], users: int, events_per_user: int) -> None:
-    """Give every user a history (``k=0`` batches), so masking and state reads are realistic."""
-    rng = random.Random(1)
-    events = [
-        {"user_id": f"user-{user}", "item_id": rng.choice(item_ids)}
-        for _ in range(events_per_user)
-        for user in range(users)
-    ]
-    with httpx.Client(base_url=base_url, timeout=60.0) as client:
-        for start in range(0, len(events), 1000):
-            response = client.post("/events/batch", json={"events": events[start : start + 1000]})
-            response.raise_for_status()
 
 
 async def raw_connection(host: str, port: int, path: str) -> Send:
@@ -185,17 +132,19 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--prefill", type=int, default=10, help="events per user before timing")
-    parser.add_argument("--artifact", type=Path, help="serve this artifact instead of a random one")
+    parser.add_argument(
+        "--artifact", type=Path, help="serve this artifact (items '1'..'3416'), not a random one"
+    )
     args = parser.parse_args()
 
-    item_ids = catalogue()
-    artifact = args.artifact or build_artifact(OUT / "service_artifact", item_ids)
+    item_ids = [str(index) for index in range(1, ML1M_ITEMS + 1)]  # bench_artifact's ids
+    artifact = args.artifact or bench_artifact(OUT / "service_bench", "lrurec")
     port = free_port()
-    server = start_server(artifact, port)
+    server = start_server(artifact, 1, port, {})
     try:
-        wait_ready(f"http://127.0.0.1:{port}")
+        wait_ready(server, port, 1, timeout=180.0)
         prefill_start = time.perf_counter()
-        prefill(f"http://127.0.0.1:{port}", item_ids, args.users, args.prefill)
+        prefill(port, item_ids, args.users, args.prefill)
         prefill_seconds = time.perf_counter() - prefill_start
         cpu_before = cpu_seconds(server.pid)
         latencies, elapsed = asyncio.run(drive(args, port, item_ids))
