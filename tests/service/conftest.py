@@ -5,11 +5,13 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.settings import Settings
+from tests.conftest import TINY_N_ITEMS
 
 ClientFactory = Callable[..., AbstractContextManager[TestClient]]
 
@@ -36,3 +38,13 @@ def make_client(settings: Settings) -> ClientFactory:
 def client(make_client: ClientFactory) -> Iterator[TestClient]:
     with make_client() as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="module")
+def histories() -> np.ndarray:
+    """Left-padded histories ``[6, 12]`` over the tiny catalogue, the last one empty."""
+    generator = np.random.default_rng(0)
+    items = generator.integers(1, TINY_N_ITEMS + 1, size=(6, 12))
+    items[:, :4] = 0  # left padding, as the engine sends it
+    items[5] = 0  # an empty history
+    return items.astype(np.int64)

@@ -5,10 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
-from model import Artifact, LRURec, LRURecConfig, SASRec, SASRecConfig, load_artifact, save_artifact
-from service.main import create_app
+from model import LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
 from service.numba_kernels import step_kernel
 from service.numba_runtime import NumbaStepper
 from service.runtime import TorchStepper, build_stepper
@@ -17,15 +15,6 @@ from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
 
 SCORE_TOLERANCE = 1e-4
 ML1M_ITEMS = 3_416
-
-
-@pytest.fixture(scope="module")
-def histories() -> np.ndarray:
-    generator = np.random.default_rng(0)
-    items = generator.integers(1, TINY_N_ITEMS + 1, size=(6, 12))
-    items[:, :4] = 0  # left padding, as the engine sends it
-    items[5] = 0  # an empty history
-    return items.astype(np.int64)
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
@@ -172,60 +161,6 @@ def test_numba_backend_rejects_other_models_and_devices(
         build_stepper("numba", load_artifact(tmp_path), "cpu")
     with pytest.raises(ValueError, match="runs on the CPU"):
         build_stepper("numba", load_artifact(tiny_artifact), "cuda")
-
-
-def test_service_on_the_numba_backend_recommends_like_torch(
-    make_artifact: ArtifactFactory, redis_url: str
-) -> None:
-    artifact = make_artifact()
-    answers = []
-    for backend in ("torch", "numba"):
-        settings = Settings(
-            artifact=artifact, redis_url=redis_url, backend=backend, key_prefix=f"nb-{backend}"
-        )
-        with TestClient(create_app(settings)) as client:
-            for item in ("item-3", "item-7", "item-11"):
-                response = client.post("/events", json={"user_id": "u1", "item_id": item})
-                assert response.status_code < 300, response.text
-            response = client.get("/recommendations/u1", params={"k": 10})
-            assert response.status_code == 200, response.text
-            answers.append(response.json())
-    torch_items = [entry["item_id"] for entry in answers[0]["items"]]
-    numba_items = [entry["item_id"] for entry in answers[1]["items"]]
-    assert len(torch_items) == 10
-    assert numba_items == torch_items
-
-
-def _ml1m_sized_artifact() -> Artifact:
-    torch.manual_seed(0)
-    model = LRURec(LRURecConfig(n_items=ML1M_ITEMS, d_model=64, n_layers=2)).eval()
-    item_ids = [f"item-{index}" for index in range(1, ML1M_ITEMS + 1)]
-    popularity = torch.ones(ML1M_ITEMS + 1)
-    return Artifact(model, item_ids, popularity, "parity", model.config.to_dict(), Path())
-
-
-def test_numba_step_and_top_k_match_torch_over_100_random_states() -> None:
-    artifact = _ml1m_sized_artifact()
-    numba, reference = NumbaStepper(artifact), TorchStepper(artifact)
-    generator = np.random.default_rng(1)
-    states = generator.normal(size=(100, *numba.state_shape)).astype(np.float32)
-    items = generator.integers(1, ML1M_ITEMS + 1, size=100)
-    exclude = [
-        generator.integers(1, ML1M_ITEMS + 1, size=row % 5 * 20).tolist() for row in range(100)
-    ]
-    for batch in (1, 100):
-        for row in range(0, 100, batch):
-            rows = slice(row, row + batch)
-            hidden, new_states = numba.step(items[rows], states[rows])
-            expected_hidden, expected_states = reference.step(items[rows], states[rows])
-            np.testing.assert_allclose(hidden, expected_hidden, rtol=0, atol=1e-5)
-            np.testing.assert_allclose(new_states, expected_states, rtol=0, atol=1e-5)
-            ranked = numba.top_k(hidden, 10, exclude[rows])
-            for (indices, values), (expected_indices, expected_values) in zip(
-                ranked, reference.top_k(expected_hidden, 10, exclude[rows]), strict=True
-            ):
-                np.testing.assert_array_equal(indices, expected_indices)
-                np.testing.assert_allclose(values, expected_values, rtol=0, atol=SCORE_TOLERANCE)
 
 
 def test_auto_backend_picks_numba_for_lrurec_on_the_cpu_and_torch_otherwise(
