@@ -55,7 +55,12 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
-    """Serve real-time recommendations over HTTP (see /docs once it runs)."""
+    """Serve real-time recommendations over HTTP (see /docs once it runs).
+
+    Every other setting is an LRUREC_* environment variable (README, "Settings"):
+    LRUREC_BACKEND=auto|numba|onnx|torch (auto: numba for LRURec on the CPU, else torch),
+    LRUREC_DEVICE=cpu|cuda, LRUREC_TORCH_THREADS, LRUREC_API_KEY, ...
+    """
     settings = get_settings()
     artifact = artifact or settings.artifact or _demo_artifact()
     with ExitStack() as stack:
