@@ -74,8 +74,12 @@ _top_k_kernel = cast(Callable[..., int], top_k_kernel)
 def _writable(array: NDArray[np.generic], dtype: type[ScalarT]) -> NDArray[ScalarT]:
     # numba compiles read-only arrays (states decoded from Redis bytes) as another type: a copy
     # of a few KB costs far less than compiling that variant on the first event.
-    flags = array.flags
-    if array.dtype == dtype and flags.c_contiguous and flags.writeable:
+    if (
+        isinstance(array, np.ndarray)
+        and array.dtype == dtype
+        and array.flags.c_contiguous
+        and array.flags.writeable
+    ):
         return array  # type: ignore[return-value]  # checked just above; np.require is 4× slower
     writable: NDArray[ScalarT] = np.require(array, dtype=dtype, requirements=["C", "W"])
     return writable
@@ -153,7 +157,8 @@ class NumbaStepper(TorchRebuilds):
 
     def scores(self, hidden: FloatArray) -> FloatArray:
         """Scores ``[b, v]``; column 0 is -inf, as the other backends' score paths."""
-        scores: FloatArray = np.asarray(hidden, dtype=np.float32) @ self._table.T + self._bias
+        scores: FloatArray = np.asarray(hidden, dtype=np.float32) @ self._table.T
+        scores += self._bias  # in place: one [b, v] array at a time
         scores[:, 0] = -np.inf
         return scores
 
@@ -167,9 +172,9 @@ class NumbaStepper(TorchRebuilds):
         kernel's insertion selection (O(v·k)) or its per-row loop would be slower.
         """
         hidden = _writable(hidden, np.float32)
-        rows = len(hidden)
         if hidden.ndim != 2 or hidden.shape[1] != self._width:
             raise ValueError(f"hidden of shape {hidden.shape}; expected [b, {self._width}]")
+        rows = len(hidden)
         if len(exclude) != rows:
             raise ValueError(f"{len(exclude)} exclusion lists for {rows} rows")
         k = max(0, min(k, len(self._table) - 1))
@@ -202,8 +207,9 @@ class NumbaStepper(TorchRebuilds):
             scores = self.scores(hidden[first : first + chunk])
             scores[~np.isfinite(scores)] = -np.inf  # NaN/inf from bad weights: never ranked
             for offset, excluded in enumerate(exclude[first : first + chunk]):
-                if any(not 0 <= index < vocab for index in excluded):
+                indices = np.asarray(excluded, dtype=np.int64)
+                if len(indices) and (indices.min() < 0 or indices.max() >= vocab):
                     row = first + offset
                     raise IndexError(f"excluded index outside the vocabulary in row {row}")
-                results.append(top_k_numpy(scores[offset], k, excluded))
+                results.append(top_k_numpy(scores[offset], k, indices))
         return results

@@ -164,6 +164,7 @@ def test_gauges_are_one_series_per_instance(stack: Stack) -> None:
     assert float(items["value"][1]) == len(ITEMS)
     (info,) = stack.query("lrurec_model_info")
     assert info["metric"]["model_type"] == "lrurec"
+    assert info["metric"]["backend"] in {"numba", "onnx", "torch"}
 
 
 def test_alert_rules_evaluate_cleanly_and_stay_quiet(stack: Stack) -> None:

@@ -9,12 +9,11 @@ import torch
 from model import LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
 from service.numba_kernels import step_kernel
 from service.numba_runtime import NumbaStepper
-from service.runtime import TorchStepper, build_stepper
+from service.runtime import TorchStepper, build_stepper, top_k_numpy
 from service.settings import Settings
 from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
 
 SCORE_TOLERANCE = 1e-4
-ML1M_ITEMS = 3_416
 
 
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
@@ -70,13 +69,35 @@ def test_numba_top_k_breaks_ties_by_the_lower_index(tiny_artifact: Path) -> None
     model = artifact.model
     assert isinstance(model, LRURec)
     with torch.no_grad():
-        model.embedding.weight[1:] = model.embedding.weight[1]  # every item scores the same
+        # Every item scores exactly d (small integers: no rounding, whatever the sum order).
+        model.embedding.weight[1:] = 1.0
         model.item_bias.zero_()
     stepper = NumbaStepper(artifact)
-    hidden = np.ones((1, model.config.d_model), dtype=np.float32)
-    indices, values = stepper.top_k(hidden, 5, [[2]])[0]
-    assert indices.tolist() == [1, 3, 4, 5, 6]
-    assert len(set(values.tolist())) == 1
+    hidden = np.ones((8, model.config.d_model), dtype=np.float32)
+    expected = [index for index in range(1, TINY_N_ITEMS + 1) if index != 2]
+    # The fused kernel (1 row, k 5), and the BLAS path (k 40; 8 rows): the same order.
+    for rows, k in ((1, 5), (1, 40), (8, 5)):
+        for indices, values in stepper.top_k(hidden[:rows], k, [[2]] * rows):
+            assert indices.tolist() == expected[:k]
+            assert len(set(values.tolist())) == 1
+
+
+def test_top_k_numpy_orders_by_score_then_index() -> None:
+    generator = np.random.default_rng(5)
+    for _ in range(300):  # few distinct values: many ties, also at the cut
+        size = int(generator.integers(2, 80))
+        scores = generator.integers(0, 4, size=size).astype(np.float32)
+        scores[generator.random(size) < 0.1] = np.nan
+        scores[generator.random(size) < 0.05] = np.inf
+        exclude = generator.integers(0, size, size=int(generator.integers(0, 5))).tolist()
+        k = int(generator.integers(1, size + 2))
+        allowed = [
+            index for index in range(1, size) if index not in exclude and np.isfinite(scores[index])
+        ]
+        expected = sorted(allowed, key=lambda index: (-scores[index], index))[:k]
+        indices, values = top_k_numpy(scores, k, exclude)
+        assert indices.tolist() == expected
+        np.testing.assert_array_equal(values, scores[expected])
 
 
 def test_numba_top_k_never_ranks_non_finite_scores(tiny_artifact: Path) -> None:

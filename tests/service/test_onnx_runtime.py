@@ -20,7 +20,6 @@ from service.runtime import build_stepper
 from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS
 
 SCORE_TOLERANCE = 1e-4
-ML1M_ITEMS = 3_416
 
 
 def test_onnx_stepper_matches_torch_stepper(tiny_artifact: Path, histories: np.ndarray) -> None:
