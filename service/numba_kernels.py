@@ -47,6 +47,13 @@ def _layer_norm(x: Floats, weight: Floats, bias: Floats, eps: float, out: Floats
 
 
 @njit(fastmath=FAST_MATH, inline="always")
+def _sum_into(a: Floats, b: Floats, out: Floats) -> None:
+    """``out = a + b`` without the temporary array numba makes for the expression."""
+    for j in range(out.shape[0]):
+        out[j] = a[j] + b[j]
+
+
+@njit(fastmath=FAST_MATH, inline="always")
 def _add_products(weight_t: Floats, x: Floats, out: Floats) -> None:
     """``out += x @ weight_t`` for a batch, ``x [b, inputs]``, ``out [b, outputs]``: each
     weight row is used for every user while it is in cache."""
@@ -114,7 +121,7 @@ def step_kernel(
         for user in range(batch):
             states_out[user, k, 0] = h[user, :n]
             states_out[user, k, 1] = h[user, n:]
-            residual[user] = c_bias[k] + x[user]
+            _sum_into(c_bias[k], x[user], residual[user])
         _add_products(c_weight_t[k], h, residual)  # Re(C h) + c + x
         for user in range(batch):
             _layer_norm(residual[user], lru_norm_weight[k], lru_norm_bias[k], eps, x[user])
@@ -124,7 +131,7 @@ def step_kernel(
             row = inner[user]
             for j in range(row.shape[0]):
                 row[j] = 0.5 * row[j] * (1.0 + math.erf(row[j] * INV_SQRT2))
-            residual[user] = ffn_out_bias[k] + x[user]
+            _sum_into(ffn_out_bias[k], x[user], residual[user])
         _add_products(ffn_out_weight_t[k], inner, residual)
         for user in range(batch):
             _layer_norm(residual[user], ffn_norm_weight[k], ffn_norm_bias[k], eps, x[user])
