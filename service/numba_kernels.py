@@ -139,6 +139,47 @@ def step_kernel(
     return -1
 
 
+@njit(fastmath=FAST_MATH, inline="always")
+def _select(
+    scores: Floats,
+    exclude: Indices,
+    first: int,
+    last: int,
+    k: int,
+    best_items: Indices,
+    best_scores: Floats,
+) -> int:
+    """Mask column 0 and ``exclude[first:last]`` in ``scores`` (in place), then keep the best
+    ``k`` finite scores by insertion, ties to the lower index. Returns how many were kept, or
+    -1 when an excluded index is outside ``[0, v)``."""
+    n_columns = scores.shape[0]
+    scores[0] = -np.inf
+    for position in range(first, last):
+        index = exclude[position]
+        if index < 0 or index >= n_columns:
+            return -1
+        scores[index] = -np.inf
+    filled = 0
+    for item in range(n_columns):
+        score = scores[item]
+        if not (score > -np.inf and score < np.inf):  # masked, or NaN/inf from bad weights
+            continue
+        if filled == k:
+            if not score > best_scores[k - 1]:
+                continue
+            slot = k - 1
+        else:
+            slot = filled
+            filled += 1
+        while slot > 0 and best_scores[slot - 1] < score:  # insertion, stable for ties
+            best_scores[slot] = best_scores[slot - 1]
+            best_items[slot] = best_items[slot - 1]
+            slot -= 1
+        best_scores[slot] = score
+        best_items[slot] = item
+    return filled
+
+
 @njit(fastmath=FAST_MATH, nogil=True)
 def top_k_kernel(
     hidden: Floats,
@@ -174,30 +215,30 @@ def top_k_kernel(
             for j in range(width):
                 score += row[j] * query[j]
             scores[item] = score + bias[item]
-        scores[0] = -np.inf
-        for position in range(exclude_starts[user], exclude_starts[user + 1]):
-            if exclude[position] < 0 or exclude[position] >= n_columns:
-                return user
-            scores[exclude[position]] = -np.inf
-        best_scores = top_scores[user]
-        best_items = top_items[user]
-        filled = 0
-        for item in range(n_columns):
-            score = scores[item]
-            if not (score > -np.inf and score < np.inf):  # masked, or NaN/inf from bad weights
-                continue
-            if filled == k:
-                if not score > best_scores[k - 1]:
-                    continue
-                slot = k - 1
-            else:
-                slot = filled
-                filled += 1
-            while slot > 0 and best_scores[slot - 1] < score:  # insertion, stable for ties
-                best_scores[slot] = best_scores[slot - 1]
-                best_items[slot] = best_items[slot - 1]
-                slot -= 1
-            best_scores[slot] = score
-            best_items[slot] = item
-        counts[user] = filled
+        first, last = exclude_starts[user], exclude_starts[user + 1]
+        counts[user] = _select(scores, exclude, first, last, k, top_items[user], top_scores[user])
+        if counts[user] < 0:
+            return user
+    return -1
+
+
+@njit(fastmath=FAST_MATH, nogil=True)
+def select_top_k_kernel(
+    scores: Floats,
+    exclude: Indices,
+    exclude_starts: Indices,
+    k: int,
+    top_items: Indices,
+    top_scores: Floats,
+    counts: Indices,
+) -> int:
+    """:func:`top_k_kernel` for scores computed elsewhere (``[b, v]``, masked in place): a
+    batch scores faster in one BLAS product than row by row."""
+    for user in range(scores.shape[0]):
+        first, last = exclude_starts[user], exclude_starts[user + 1]
+        counts[user] = _select(
+            scores[user], exclude, first, last, k, top_items[user], top_scores[user]
+        )
+        if counts[user] < 0:
+            return user
     return -1

@@ -22,11 +22,11 @@ from numpy.typing import NDArray
 from model import Artifact, LRURec
 from model.folded import fold
 from model.layers import LRUBlock
-from service.numba_kernels import step_kernel, top_k_kernel
+from service.numba_kernels import select_top_k_kernel, step_kernel, top_k_kernel
 from service.runtime import FloatArray, IndexArray, TorchRebuilds, top_k_numpy
 
 FUSED_MAX_K = 32
-"""Largest k ranked by the fused kernel; its insertion selection is O(v·k) at worst."""
+"""Largest k selected by insertion in the kernels (O(v·k) at worst); larger k: partial sort."""
 BLAS_MIN_ROWS = 8
 """From this many rows, one BLAS product scores them faster than the kernel's per-row loop."""
 SCORE_CHUNK_FLOATS = 1 << 22
@@ -69,6 +69,7 @@ ScalarT = TypeVar("ScalarT", bound=np.generic)
 # numba's dispatchers, typed as what they are to the caller: arrays in, a status code out.
 _step_kernel = cast(Callable[..., int], step_kernel)
 _top_k_kernel = cast(Callable[..., int], top_k_kernel)
+_select_kernel = cast(Callable[..., int], select_top_k_kernel)
 
 
 def _writable(array: NDArray[np.generic], dtype: type[ScalarT]) -> NDArray[ScalarT]:
@@ -167,9 +168,10 @@ class NumbaStepper(TorchRebuilds):
     ) -> list[tuple[IndexArray, FloatArray]]:
         """Exact top-k per row; column 0, excluded items and non-finite scores never returned.
 
-        Small batches with a small ``k`` (every per-event call) go through the fused kernel;
-        larger ones through BLAS scores in bounded row chunks and a partial sort, where the
-        kernel's insertion selection (O(v·k)) or its per-row loop would be slower.
+        With ``k`` ≤ 32, fewer than 8 rows (every per-event call) go through the fused kernel,
+        more through BLAS scores in row chunks of at most 16 MB selected by the compiled kernel;
+        a larger ``k`` through the BLAS scores and a partial sort, where insertion (O(v·k))
+        would be slower.
         """
         hidden = _writable(hidden, np.float32)
         if hidden.ndim != 2 or hidden.shape[1] != self._width:
@@ -181,15 +183,18 @@ class NumbaStepper(TorchRebuilds):
         if k == 0:
             empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
             return [empty for _ in range(rows)]
-        if k > FUSED_MAX_K or rows >= BLAS_MIN_ROWS:
-            return self._top_k_blas(hidden, k, exclude)
+        if k > FUSED_MAX_K:
+            return self._top_k_partial_sort(hidden, k, exclude)
         flat, starts = _concatenated(exclude)
         top_items = np.empty((rows, k), dtype=np.int64)
         top_scores = np.empty((rows, k), dtype=np.float32)
         counts = np.empty(rows, dtype=np.int64)
-        failed = _top_k_kernel(
-            hidden, self._table, self._bias, flat, starts, k, top_items, top_scores, counts
-        )
+        if rows < BLAS_MIN_ROWS:
+            failed = _top_k_kernel(
+                hidden, self._table, self._bias, flat, starts, k, top_items, top_scores, counts
+            )
+        else:
+            failed = self._select_blas(hidden, flat, starts, k, top_items, top_scores, counts)
         if failed >= 0:
             raise IndexError(f"excluded index outside the vocabulary in row {failed}")
         return [
@@ -197,9 +202,32 @@ class NumbaStepper(TorchRebuilds):
             for row, count in enumerate(counts.tolist())
         ]
 
-    def _top_k_blas(
+    def _select_blas(
+        self,
+        hidden: FloatArray,
+        flat: IndexArray,
+        starts: IndexArray,
+        k: int,
+        top_items: IndexArray,
+        top_scores: FloatArray,
+        counts: IndexArray,
+    ) -> int:
+        """BLAS scores in row chunks of at most 16 MB, each selected by the compiled kernel."""
+        chunk = max(1, SCORE_CHUNK_FLOATS // len(self._table))
+        for first in range(0, len(hidden), chunk):
+            rows = slice(first, first + chunk)
+            failed = _select_kernel(
+                self.scores(hidden[rows]), flat, starts[first : first + chunk + 1], k,
+                top_items[rows], top_scores[rows], counts[rows],
+            )  # fmt: skip
+            if failed >= 0:
+                return first + failed
+        return -1
+
+    def _top_k_partial_sort(
         self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
     ) -> list[tuple[IndexArray, FloatArray]]:
+        """Large ``k``: BLAS scores in row chunks, then a partial sort per row."""
         vocab = len(self._table)
         chunk = max(1, SCORE_CHUNK_FLOATS // vocab)
         results = []
