@@ -130,10 +130,12 @@ class NumbaStepper(TorchRebuilds):
         self._compile()
 
     def _compile(self) -> None:
-        """Compile both kernels now, for the types the service calls them with."""
+        """Compile every kernel now (step, fused top-k, batch selection), for the types the
+        service calls them with, so no request pays for it."""
         state = np.zeros((1, *self._state_shape), dtype=np.float32)
         hidden, _ = self.step(np.ones(1, dtype=np.int64), state)
         self.top_k(hidden, 1, [[1]])
+        self.top_k(np.repeat(hidden, BLAS_MIN_ROWS, axis=0), 1, [[1]] * BLAS_MIN_ROWS)
 
     @property
     def state_shape(self) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model import LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
-from service.numba_kernels import step_kernel
+from service.numba_kernels import select_top_k_kernel, step_kernel
 from service.numba_runtime import NumbaStepper
 from service.runtime import TorchStepper, build_stepper, top_k_numpy
 from service.settings import Settings
@@ -165,6 +165,7 @@ def test_numba_step_accepts_read_only_states(tiny_artifact: Path) -> None:
     read_only = np.frombuffer(state.tobytes(), dtype=np.float32).reshape(1, *state.shape)
     assert not read_only.flags.writeable  # as decoded from Redis bytes
     items = np.array([7], dtype=np.int64)
+    assert select_top_k_kernel.signatures  # compiled with the stepper, like the step
     compiled = len(step_kernel.signatures)
     hidden, new_state = stepper.step(items, read_only)
     assert len(step_kernel.signatures) == compiled  # no compile on the request path
