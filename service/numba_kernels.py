@@ -12,7 +12,7 @@ folded constants are those of :mod:`model.folded` (λ as a 2×2 rotation per sta
 folded into B, ``[C_re, -C_im]``); the GELU is the exact erf form. Compiled with ``fastmath``
 limited to reassociation, contraction and signed zeros, so infinities (masked items) keep their
 meaning. The slow reference these are tested against is :meth:`model.LRURec.step` and
-``torch.topk`` (tests/service/test_numba_runtime.py).
+``torch.topk`` (tests/service/test_backend_parity.py, tests/service/test_numba_runtime.py).
 """
 
 import math
