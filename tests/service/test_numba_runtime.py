@@ -1,5 +1,6 @@
 """The numba backend (LRUREC_BACKEND=numba) computes what the torch backend does, end to end."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from model import LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
-from service.numba_kernels import select_top_k_kernel, step_kernel
+from service.numba_kernels import _erf, select_top_k_kernel, step_kernel
 from service.numba_runtime import NumbaStepper
 from service.runtime import TorchStepper, build_stepper, top_k_numpy
 from service.settings import Settings
@@ -40,6 +41,15 @@ def test_numba_stepper_matches_torch_stepper(
     scores = numba.scores(hidden)
     assert np.isneginf(scores[:, 0]).all()
     np.testing.assert_allclose(scores[:, 1:], reference.scores(hidden)[:, 1:], atol=SCORE_TOLERANCE)
+
+
+def test_numba_erf_is_within_float32_precision_of_libm() -> None:
+    grid = np.linspace(-8.0, 8.0, 40_001, dtype=np.float32)
+    errors = [abs(float(_erf(z)) - math.erf(float(z))) for z in grid]
+    assert max(errors) < 5e-7  # a few float32 ulps of 1.0
+    assert float(_erf(np.float32(np.inf))) == 1.0
+    assert float(_erf(np.float32(-np.inf))) == -1.0
+    assert math.isnan(float(_erf(np.float32(np.nan))))  # bad weights stay visible
 
 
 def test_numba_top_k_skips_padding_and_excluded_items(tiny_artifact: Path) -> None:
