@@ -168,6 +168,30 @@ def step_kernel(
     return -1
 
 
+SCAN_WIDTH = 16
+"""Scores checked at once against the k-th best before any is looked at alone."""
+
+
+@njit(fastmath=FAST_MATH, inline="always")
+def _insert(
+    score: np.float32, item: int, filled: int, k: int, best_items: Indices, best_scores: Floats
+) -> int:
+    """Insert into the sorted best ``k`` (dropping the last when full), after any equal score
+    (ties keep the lower index first). Returns how many are kept now."""
+    if filled == k:
+        slot = k - 1
+    else:
+        slot = filled
+        filled += 1
+    while slot > 0 and best_scores[slot - 1] < score:
+        best_scores[slot] = best_scores[slot - 1]
+        best_items[slot] = best_items[slot - 1]
+        slot -= 1
+    best_scores[slot] = score
+    best_items[slot] = item
+    return filled
+
+
 @njit(fastmath=FAST_MATH, inline="always")
 def _select(
     scores: Floats,
@@ -180,7 +204,11 @@ def _select(
 ) -> int:
     """Mask column 0 and ``exclude[first:last]`` in ``scores`` (in place), then keep the best
     ``k`` finite scores by insertion, ties to the lower index. Returns how many were kept, or
-    -1 when an excluded index is outside ``[0, v)``."""
+    -1 when an excluded index is outside ``[0, v)``.
+
+    Once ``k`` are kept, only a score above the k-th best can enter; the scan skips each run of
+    :data:`SCAN_WIDTH` scores whose maximum is not above it (a vectorised max, no branches).
+    """
     n_columns = scores.shape[0]
     scores[0] = -np.inf
     for position in range(first, last):
@@ -189,23 +217,21 @@ def _select(
             return -1
         scores[index] = -np.inf
     filled = 0
-    for item in range(n_columns):
-        score = scores[item]
-        if not (score > -np.inf and score < np.inf):  # masked, or NaN/inf from bad weights
+    threshold = np.float32(-np.inf)  # -inf (masked) and NaN never compare above it
+    for start in range(0, n_columns, SCAN_WIDTH):
+        stop = min(start + SCAN_WIDTH, n_columns)
+        top = np.float32(-np.inf)
+        for item in range(start, stop):
+            if scores[item] > top:  # NaN never does, so it cannot hide a candidate
+                top = scores[item]
+        if not top > threshold:
             continue
-        if filled == k:
-            if not score > best_scores[k - 1]:
-                continue
-            slot = k - 1
-        else:
-            slot = filled
-            filled += 1
-        while slot > 0 and best_scores[slot - 1] < score:  # insertion, stable for ties
-            best_scores[slot] = best_scores[slot - 1]
-            best_items[slot] = best_items[slot - 1]
-            slot -= 1
-        best_scores[slot] = score
-        best_items[slot] = item
+        for item in range(start, stop):
+            score = scores[item]
+            if score > threshold and score != np.inf:  # +inf comes from bad weights only
+                filled = _insert(score, item, filled, k, best_items, best_scores)
+                if filled == k:
+                    threshold = best_scores[k - 1]
     return filled
 
 

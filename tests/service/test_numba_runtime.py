@@ -130,6 +130,24 @@ def test_numba_top_k_never_ranks_non_finite_scores(tiny_artifact: Path) -> None:
         assert np.isfinite(values).all()
 
 
+@pytest.mark.parametrize("k", [1, 3, 10, 32])
+def test_numba_selection_matches_a_sort_with_ties_and_non_finite_scores(k: int) -> None:
+    rng = np.random.default_rng(k)
+    for _ in range(50):
+        scores = np.round(rng.standard_normal((1, 203)), 1).astype(np.float32)  # many ties
+        bad = rng.choice(203, size=20, replace=False)  # NaN/±inf before and after candidates
+        scores[0, bad] = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), size=20)
+        exclude = rng.choice(203, size=10, replace=False).astype(np.int64)
+        allowed = set(range(1, 203)) - set(exclude.tolist())
+        finite = [i for i in allowed if np.isfinite(scores[0, i])]
+        expected = sorted(finite, key=lambda index: (-scores[0, index], index))[:k]
+        items, values = np.empty((1, k), np.int64), np.empty((1, k), np.float32)
+        counts = np.empty(1, np.int64)
+        starts = np.array([0, len(exclude)], np.int64)
+        assert select_top_k_kernel(scores, exclude, starts, k, items, values, counts) == -1
+        assert items[0, : counts[0]].tolist() == expected
+
+
 def test_numba_top_k_of_a_large_k_or_batch_matches_torch(tiny_artifact: Path) -> None:
     stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
     reference = build_stepper("torch", load_artifact(tiny_artifact), "cpu")
