@@ -38,6 +38,7 @@ from model.export import export_onnx
 from model.quantized_scoring import ScoringStats, TwoStageTopK
 from model.quantized_table import quantize_queries
 from model.topk import chunked_top_k
+from service.main import limit_threads
 from service.quantized_onnx import OnnxIntKernel
 
 K = 10
@@ -245,7 +246,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--budget", type=float, default=1.0, help="seconds per case per round")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)  # as the service does: torch and numpy's BLAS
     if not (args.trained / "model.safetensors").is_file():
         parser.error(f"trained artifact not found: {args.trained} (train one, or pass --trained)")
     trained = load_artifact(args.trained).model

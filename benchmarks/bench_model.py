@@ -29,6 +29,7 @@ import torch
 
 from benchmarks import model_cases as cases
 from benchmarks.model_figure import plot_cumulative
+from service.main import limit_threads
 
 ML1M_ITEMS = 3416
 BATCHES = (1, 64)
@@ -195,14 +196,14 @@ def print_targets(per_event: dict[Key, Timing], catalogue: dict[Key, Timing]) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch, onnx, BLAS threads")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per part")
     parser.add_argument("--budget", type=float, default=0.4, help="seconds per case per round")
     parser.add_argument("--events", type=int, default=2048, help="events in the figure")
     parser.add_argument("--figure", type=Path, default=Path("benchmarks/cumulative_time.png"))
     parser.add_argument("--skip-catalogue", action="store_true", help="skip part 2")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    limit_threads(args.threads)  # as the service does: torch and numpy's BLAS
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs")
     print(f"load average at start {os.getloadavg()}")
     per_event = per_event_part(args.threads, args.rounds, args.budget)

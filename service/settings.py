@@ -40,7 +40,13 @@ class Settings(BaseSettings):
         "applies, torch otherwise.",
     )
     device: Literal["cpu", "cuda"] = "cpu"
-    torch_threads: int = Field(default=1, ge=1, le=256)
+    torch_threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="CPU threads per worker for torch, onnxruntime and numpy's BLAS (the "
+        "numba kernels use one); 1 suits several workers on few cores.",
+    )
     user_ttl_seconds: int = Field(
         default=30 * 24 * 3600,
         ge=0,

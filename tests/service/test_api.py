@@ -7,6 +7,7 @@ import pytest
 import redis
 import torch
 from fastapi.testclient import TestClient
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from tests.service.conftest import ClientFactory
 from tests.service.offline import load_model, stepped, stored_state, top_k
@@ -35,6 +36,14 @@ def test_event_is_one_step_and_returns_the_fresh_top_k(
     scores = [r["score"] for r in recommendations]
     np.testing.assert_allclose(scores, [s for _, s in expected], atol=1e-5)
     np.testing.assert_allclose(stored_state(redis_client, "u1"), state.flatten().numpy(), atol=1e-6)
+
+
+def test_start_up_holds_torch_and_blas_to_the_thread_setting(make_client: ClientFactory) -> None:
+    with threadpool_limits(2, user_api="blas"), make_client(torch_threads=1):  # restored after
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas
+        assert set(blas) == {1}
+        assert torch.get_num_threads() == 1
 
 
 def test_k_zero_skips_scoring(client: TestClient) -> None:
