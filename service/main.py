@@ -22,7 +22,7 @@ from service.fast_events import EventsFastPath
 from service.limits import BodySizeLimitMiddleware
 from service.quantized_onnx import with_quantized_scoring
 from service.routes import router
-from service.runtime import build_stepper, resolve_backend
+from service.runtime import build_backend
 from service.settings import Settings, get_settings
 from service.store import UserStore, create_redis
 
@@ -42,8 +42,7 @@ def _build_engine(
             "a demo artifact)"
         )
     artifact = load_artifact(settings.artifact, device=settings.device)
-    backend = resolve_backend(settings.backend, artifact, settings.device)
-    stepper = build_stepper(backend, artifact, settings.device)
+    backend, stepper = build_backend(settings.backend, artifact, settings.device)
     logger.info("model backend: %s (LRUREC_BACKEND=%s)", backend, settings.backend)
     stepper = with_quantized_scoring(stepper, artifact, settings)  # large catalogues: exact int8
     client = create_redis(

@@ -5,6 +5,7 @@ backend never leaks its tensor type into the engine. Dimensions: b users, t even
 width, v = n_items + 1 score columns (column 0 is padding and is never recommended).
 """
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
@@ -14,6 +15,8 @@ from numpy.typing import NDArray
 from torch import nn
 
 from model import Artifact, LRURec
+
+logger = logging.getLogger("service")
 
 FloatArray = NDArray[np.float32]
 IndexArray = NDArray[np.int64]
@@ -202,3 +205,21 @@ def resolve_backend(backend: str, artifact: Artifact, device: str) -> str:
 def build_stepper(backend: str, artifact: Artifact, device: str) -> Stepper:
     """The configured backend (a :data:`BACKENDS` name or ``auto``) for ``artifact``."""
     return BACKENDS[resolve_backend(backend, artifact, device)](artifact, device)
+
+
+def build_backend(setting: str, artifact: Artifact, device: str) -> tuple[str, Stepper]:
+    """(backend name, stepper) for the ``LRUREC_BACKEND`` setting.
+
+    A backend named explicitly fails start-up if it cannot be built. ``auto`` falls back to
+    torch, with a logged warning, when its pick cannot (numba failing to compile on some CPU
+    should cost speed, not the service).
+    """
+    backend = resolve_backend(setting, artifact, device)
+    if setting != "auto" or backend == "torch":
+        return backend, BACKENDS[backend](artifact, device)
+    try:
+        return backend, BACKENDS[backend](artifact, device)
+    except Exception:
+        logger.warning("the %s backend failed to build; auto falls back to torch", backend,
+                       exc_info=True)  # fmt: skip
+        return "torch", TorchStepper(artifact, device)

@@ -6,11 +6,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from numba.core.errors import NumbaError
 
-from model import LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
+from model import Artifact, LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
 from service.numba_kernels import _erf, select_top_k_kernel, step_kernel
 from service.numba_runtime import NumbaStepper
-from service.runtime import TorchStepper, build_stepper, top_k_numpy
+from service.runtime import (
+    BACKENDS,
+    Stepper,
+    TorchStepper,
+    build_backend,
+    build_stepper,
+    top_k_numpy,
+)
 from service.settings import Settings
 from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
 
@@ -223,3 +231,19 @@ def test_auto_backend_picks_numba_for_lrurec_on_the_cpu_and_torch_otherwise(
     assert Settings.model_fields["backend"].default == "auto"
     with pytest.raises(ValueError, match="unknown backend 'fast'; available: auto, torch"):
         build_stepper("fast", load_artifact(tiny_artifact), "cpu")
+
+
+def _uncompilable(artifact: Artifact, device: str) -> Stepper:
+    raise NumbaError("no target for this CPU")  # what a failed compile raises
+
+
+def test_auto_falls_back_to_torch_when_numba_cannot_build(
+    tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(BACKENDS, "numba", _uncompilable)
+    name, stepper = build_backend("auto", load_artifact(tiny_artifact), "cpu")
+    assert name == "torch"
+    assert isinstance(stepper, TorchStepper)
+    assert "numba backend failed to build; auto falls back to torch" in caplog.text
+    with pytest.raises(NumbaError):  # named explicitly, it fails start-up
+        build_backend("numba", load_artifact(tiny_artifact), "cpu")
