@@ -33,7 +33,8 @@ FROM ${PYTHON_IMAGE} AS runtime-base
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    LRUREC_DEVICE=cpu
+    LRUREC_DEVICE=cpu \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 # /artifacts exists and belongs to the service user so that a fresh named volume mounted there
 # (docker compose `artifacts`) inherits that owner and the non-root trainer can write into it.
 RUN groupadd --system --gid 10001 lrurec \

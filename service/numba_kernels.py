@@ -17,9 +17,12 @@ tests/service/test_numba_runtime.py).
 """
 
 import math
+from collections.abc import Callable
+from typing import TypeAlias
 
 import numpy as np
 from numba import njit
+from numba.core.dispatcher import Dispatcher
 from numpy.typing import NDArray
 
 Floats = NDArray[np.float32]
@@ -27,6 +30,23 @@ Indices = NDArray[np.int64]
 
 FAST_MATH = {"contract", "reassoc", "nsz"}
 """No ``nnan``/``ninf``: excluded items are scored -inf and must compare as such."""
+
+
+Kernel: TypeAlias = "Dispatcher[Callable[..., int]]"  # generic only in numba's stubs
+"""A compiled kernel: arrays in, a status code out; ``.signatures`` lists what it compiled."""
+
+
+def kernel(function: Callable[..., int]) -> Kernel:
+    """Compile ``function`` as a kernel: ``fastmath`` as above, GIL released, and its machine
+    code cached on disk where numba finds a writable place (next to this file, or
+    ``NUMBA_CACHE_DIR``), so a worker starts in about a second instead of compiling for 5-20 s.
+    """
+    try:
+        compiled: Kernel = njit(fastmath=FAST_MATH, nogil=True, cache=True)(function)
+    except RuntimeError:  # no writable cache location (e.g. a read-only image): compile per start
+        compiled = njit(fastmath=FAST_MATH, nogil=True)(function)
+    return compiled
+
 
 INV_SQRT2 = np.float32(0.7071067811865476)
 ERF_CLAMP = np.float32(4.0)
@@ -95,7 +115,7 @@ def _add_products(weight_t: Floats, x: Floats, out: Floats) -> None:
                 target[r] += xj * row[r]
 
 
-@njit(fastmath=FAST_MATH, nogil=True)
+@kernel
 def step_kernel(
     items: Indices,
     states: Floats,
@@ -235,7 +255,7 @@ def _select(
     return filled
 
 
-@njit(fastmath=FAST_MATH, nogil=True)
+@kernel
 def top_k_kernel(
     hidden: Floats,
     table: Floats,
@@ -277,7 +297,7 @@ def top_k_kernel(
     return -1
 
 
-@njit(fastmath=FAST_MATH, nogil=True)
+@kernel
 def select_top_k_kernel(
     scores: Floats,
     exclude: Indices,

@@ -5,15 +5,17 @@ PyTorch and onnxruntime (benchmarks/RESULTS.md): the kernels in :mod:`service.nu
 do a batch-1 step + ranking in about the time of its arithmetic. Weights are snapshotted at
 start-up in the kernels' layouts, from the same folded constants the torch fast path and the
 ONNX export use (:mod:`model.folded`); the item table is the torch model's own (not copied).
-The kernels are compiled when the backend is built, once per process (5-15 s on a 2-core VM;
-numba and LLVM add about 200 MB of resident memory), so the first event does not pay for it.
+The kernels are compiled when the backend is built, so the first event does not pay for it:
+5-20 s on a 2-core VM the first time, then loaded from numba's disk cache (next to the module
+or in ``NUMBA_CACHE_DIR``) in well under a second. numba and LLVM add about 200 MB of resident
+memory.
 History rebuilds and the cold-start vector are rare and stay in PyTorch
 (:class:`service.runtime.TorchRebuilds`).
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import chain
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -65,11 +67,6 @@ def kernel_weights(model: LRURec) -> tuple[FloatArray, ...]:
 
 
 ScalarT = TypeVar("ScalarT", bound=np.generic)
-
-# numba's dispatchers, typed as what they are to the caller: arrays in, a status code out.
-_step_kernel = cast(Callable[..., int], step_kernel)
-_top_k_kernel = cast(Callable[..., int], top_k_kernel)
-_select_kernel = cast(Callable[..., int], select_top_k_kernel)
 
 
 def _writable(array: NDArray[np.generic], dtype: type[ScalarT]) -> NDArray[ScalarT]:
@@ -151,7 +148,7 @@ class NumbaStepper(TorchRebuilds):
             )
         hidden = np.empty((len(items), self._width), dtype=np.float32)
         new_states = np.empty_like(states)
-        failed = _step_kernel(
+        failed = step_kernel(
             items, states, hidden, new_states, self._table, *self._weights, self._eps
         )
         if failed >= 0:
@@ -192,7 +189,7 @@ class NumbaStepper(TorchRebuilds):
         top_scores = np.empty((rows, k), dtype=np.float32)
         counts = np.empty(rows, dtype=np.int64)
         if rows < BLAS_MIN_ROWS:
-            failed = _top_k_kernel(
+            failed = top_k_kernel(
                 hidden, self._table, self._bias, flat, starts, k, top_items, top_scores, counts
             )
         else:
@@ -218,7 +215,7 @@ class NumbaStepper(TorchRebuilds):
         chunk = max(1, SCORE_CHUNK_FLOATS // len(self._table))
         for first in range(0, len(hidden), chunk):
             rows = slice(first, first + chunk)
-            failed = _select_kernel(
+            failed = select_top_k_kernel(
                 self.scores(hidden[rows]), flat, starts[first : first + chunk + 1], k,
                 top_items[rows], top_scores[rows], counts[rows],
             )  # fmt: skip

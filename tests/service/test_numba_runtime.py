@@ -1,6 +1,9 @@
 """The numba backend (LRUREC_BACKEND=numba) computes what the torch backend does, end to end."""
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +250,30 @@ def test_auto_falls_back_to_torch_when_numba_cannot_build(
     assert "numba backend failed to build; auto falls back to torch" in caplog.text
     with pytest.raises(NumbaError):  # named explicitly, it fails start-up
         build_backend("numba", load_artifact(tiny_artifact), "cpu")
+
+
+CACHE_PROBE = """
+import sys
+from model import load_artifact
+from service import numba_kernels
+from service.numba_runtime import NumbaStepper
+NumbaStepper(load_artifact(sys.argv[1]))
+kernels = (numba_kernels.step_kernel, numba_kernels.top_k_kernel, numba_kernels.select_top_k_kernel)
+print(sum(sum(kernel.stats.cache_hits.values()) for kernel in kernels))
+"""
+
+
+def test_numba_kernels_are_compiled_once_then_loaded_from_the_disk_cache(
+    tiny_artifact: Path, tmp_path: Path
+) -> None:
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-c", CACHE_PROBE, str(tiny_artifact)]
+    root = Path(__file__).resolve().parents[2]
+    first, second = (
+        subprocess.run(command, env=environment, cwd=root, capture_output=True, text=True,
+                       check=True).stdout.split()[-1]
+        for _ in range(2)
+    )  # fmt: skip
+    assert int(first) == 0  # compiled, and written to NUMBA_CACHE_DIR
+    assert list((tmp_path / "cache").rglob("*.nbi"))
+    assert int(second) == 3  # each kernel's one signature loaded, not compiled
