@@ -24,13 +24,14 @@ from numpy.typing import NDArray
 from model import Artifact, LRURec
 from model.folded import fold
 from model.layers import LRUBlock
+from service.numba_batched import batched_step
 from service.numba_kernels import select_top_k_kernel, step_kernel, top_k_kernel
 from service.runtime import FloatArray, IndexArray, TorchRebuilds, top_k_numpy
 
 FUSED_MAX_K = 32
 """Largest k selected by insertion in the kernels (O(v·k) at worst); larger k: partial sort."""
 BLAS_MIN_ROWS = 8
-"""From this many rows, one BLAS product scores them faster than the kernel's per-row loop."""
+"""From this many rows, BLAS products step and score them faster than the kernels' loops."""
 SCORE_CHUNK_FLOATS = 1 << 22
 """Scores held at once on the BLAS path (16 MB), whatever the batch and catalogue."""
 
@@ -127,12 +128,13 @@ class NumbaStepper(TorchRebuilds):
         self._compile()
 
     def _compile(self) -> None:
-        """Compile every kernel now (step, fused top-k, batch selection), for the types the
-        service calls them with, so no request pays for it."""
-        state = np.zeros((1, *self._state_shape), dtype=np.float32)
-        hidden, _ = self.step(np.ones(1, dtype=np.int64), state)
-        self.top_k(hidden, 1, [[1]])
-        self.top_k(np.repeat(hidden, BLAS_MIN_ROWS, axis=0), 1, [[1]] * BLAS_MIN_ROWS)
+        """Compile (or load from numba's cache) every kernel now: the fused step and top-k, and
+        the batched step and selection, for the types the service calls them with, so no
+        request pays for it."""
+        for rows in (1, BLAS_MIN_ROWS):
+            states = np.zeros((rows, *self._state_shape), dtype=np.float32)
+            hidden, _ = self.step(np.ones(rows, dtype=np.int64), states)
+            self.top_k(hidden, 1, [[1]] * rows)
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -146,14 +148,18 @@ class NumbaStepper(TorchRebuilds):
                 f"items {items.shape} and states {states.shape}; expected [b] and "
                 f"{['b', *self._state_shape]}"
             )
-        hidden = np.empty((len(items), self._width), dtype=np.float32)
-        new_states = np.empty_like(states)
-        failed = step_kernel(
-            items, states, hidden, new_states, self._table, *self._weights, self._eps
-        )
-        if failed >= 0:
-            raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
-        return hidden, new_states
+        if len(items) >= BLAS_MIN_ROWS:
+            stepped = batched_step(items, states, self._table, self._weights, self._eps)
+        else:
+            hidden = np.empty((len(items), self._width), dtype=np.float32)
+            new_states = np.empty_like(states)
+            stepped = step_kernel(
+                items, states, hidden, new_states, self._table, *self._weights, self._eps
+            )
+            stepped = (hidden, new_states) if stepped < 0 else stepped
+        if isinstance(stepped, int):
+            raise IndexError(f"item index {items[stepped]} is outside the model's vocabulary")
+        return stepped
 
     def scores(self, hidden: FloatArray) -> FloatArray:
         """Scores ``[b, v]``; column 0 is -inf, as the other backends' score paths."""
@@ -215,8 +221,9 @@ class NumbaStepper(TorchRebuilds):
         chunk = max(1, SCORE_CHUNK_FLOATS // len(self._table))
         for first in range(0, len(hidden), chunk):
             rows = slice(first, first + chunk)
+            scores: FloatArray = hidden[rows] @ self._table.T  # the kernel adds the bias
             failed = select_top_k_kernel(
-                self.scores(hidden[rows]), flat, starts[first : first + chunk + 1], k,
+                scores, self._bias, flat, starts[first : first + chunk + 1], k,
                 top_items[rows], top_scores[rows], counts[rows],
             )  # fmt: skip
             if failed >= 0:
