@@ -66,8 +66,9 @@ def limit_threads(threads: int) -> None:
 
     OpenBLAS otherwise starts one thread per core: measured on this 2-core VM, a [64, 3416]
     score product took 15 ms instead of 0.4 ms while another process held the cores, as each
-    worker's BLAS threads waited on each other. Called from the main thread: OpenBLAS ignores a
-    limit set from any other (the lifespan runs in another thread under test clients).
+    worker's BLAS threads waited on each other. Called where the app is built, in the thread
+    that serves it under uvicorn (the main one): a limit set from another thread (where test
+    clients run the lifespan) did not always hold here, and torch's is per thread.
     """
     torch.set_num_threads(threads)
     threadpool_limits(threads, user_api="blas")
@@ -137,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app (and set the process's thread pools); nothing is loaded until the lifespan
     starts."""
     settings = settings or get_settings()
-    limit_threads(settings.torch_threads)  # here: OpenBLAS ignores limits set off the main thread
+    limit_threads(settings.torch_threads)  # here, not in the lifespan: see limit_threads
     app = ServiceApp(title="LRURec service", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app)

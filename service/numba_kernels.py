@@ -371,3 +371,10 @@ def gelu_kernel(x: Floats) -> int:
         for j in range(row.shape[0]):
             row[j] = np.float32(0.5) * row[j] * (np.float32(1.0) + _erf(row[j] * INV_SQRT2))
     return -1
+
+
+KERNELS = (
+    step_kernel, top_k_kernel, select_top_k_kernel,
+    embed_kernel, rotate_kernel, layer_norm_kernel, gelu_kernel,
+)  # fmt: skip
+"""Every compiled kernel (what the stepper compiles at start-up and numba caches on disk)."""

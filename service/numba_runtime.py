@@ -13,6 +13,7 @@ History rebuilds and the cold-start vector are rare and stay in PyTorch
 (:class:`service.runtime.TorchRebuilds`).
 """
 
+import logging
 from collections.abc import Sequence
 from itertools import chain
 from typing import TypeVar
@@ -25,8 +26,10 @@ from model import Artifact, LRURec
 from model.folded import fold
 from model.layers import LRUBlock
 from service.numba_batched import batched_step
-from service.numba_kernels import select_top_k_kernel, step_kernel, top_k_kernel
+from service.numba_kernels import KERNELS, select_top_k_kernel, step_kernel, top_k_kernel
 from service.runtime import FloatArray, IndexArray, TorchRebuilds, top_k_numpy
+
+logger = logging.getLogger("service")
 
 FUSED_MAX_K = 32
 """Largest k selected by insertion in the kernels (O(v·k) at worst); larger k: partial sort."""
@@ -130,11 +133,22 @@ class NumbaStepper(TorchRebuilds):
     def _compile(self) -> None:
         """Compile (or load from numba's cache) every kernel now: the fused step and top-k, and
         the batched step and selection, for the types the service calls them with, so no
-        request pays for it."""
-        for rows in (1, BLAS_MIN_ROWS):
-            states = np.zeros((rows, *self._state_shape), dtype=np.float32)
-            hidden, _ = self.step(np.ones(rows, dtype=np.int64), states)
-            self.top_k(hidden, 1, [[1]] * rows)
+        request pays for it.
+
+        A kernel whose cache file cannot be written (a full disk) raises once, after numba has
+        kept it in memory; the run is repeated, at most once per kernel, so start-up survives.
+        """
+        for attempt in range(len(KERNELS) + 1):
+            try:
+                for rows in (1, BLAS_MIN_ROWS):
+                    states = np.zeros((rows, *self._state_shape), dtype=np.float32)
+                    hidden, _ = self.step(np.ones(rows, dtype=np.int64), states)
+                    self.top_k(hidden, 1, [[1]] * rows)
+                return
+            except OSError as error:
+                if attempt == len(KERNELS):
+                    raise
+                logger.warning("numba could not cache a kernel (%s); it stays in memory", error)
 
     @property
     def state_shape(self) -> tuple[int, ...]:

@@ -274,14 +274,18 @@ def test_auto_falls_back_to_torch_when_numba_cannot_build(
 
 
 CACHE_PROBE = """
-import sys
+import resource, signal, sys
+import numpy as np
 from model import load_artifact
 from service import numba_kernels
 from service.numba_runtime import NumbaStepper
-NumbaStepper(load_artifact(sys.argv[1]))
-kernels = [numba_kernels.step_kernel, numba_kernels.top_k_kernel, numba_kernels.select_top_k_kernel,
-           numba_kernels.embed_kernel, numba_kernels.rotate_kernel,
-           numba_kernels.layer_norm_kernel, numba_kernels.gelu_kernel]
+if len(sys.argv) > 2:  # a cache volume that is full once numba has found it writable
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+stepper = NumbaStepper(load_artifact(sys.argv[1]))
+state = np.zeros((1, *stepper.state_shape), np.float32)
+stepper.top_k(stepper.step(np.ones(1, np.int64), state)[0], 5, [[]])
+kernels = numba_kernels.KERNELS
 assert all(len(kernel.signatures) == 1 for kernel in kernels), "a kernel compiled twice"
 print(sum(sum(kernel.stats.cache_hits.values()) for kernel in kernels), len(kernels))
 """
@@ -301,3 +305,15 @@ def test_numba_kernels_are_compiled_once_then_loaded_from_the_disk_cache(
     assert int(first[0]) == 0  # compiled, and written to NUMBA_CACHE_DIR
     assert list((tmp_path / "cache").rglob("*.nbi"))
     assert int(second[0]) == int(second[1])  # each kernel's one signature loaded, not compiled
+
+
+def test_numba_backend_starts_when_its_cache_cannot_be_written(
+    tiny_artifact: Path, tmp_path: Path
+) -> None:
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    command = [sys.executable, "-c", CACHE_PROBE, str(tiny_artifact), "2000"]  # 2 KB files
+    root = Path(__file__).resolve().parents[2]
+    probe = subprocess.run(command, env=environment, cwd=root, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert "numba could not cache a kernel" in probe.stderr
+    assert probe.stdout.split()[-2] == "0"  # nothing loaded from the (empty) cache
