@@ -115,6 +115,41 @@ def _add_products(weight_t: Floats, x: Floats, out: Floats) -> None:
                 target[r] += xj * row[r]
 
 
+@njit(fastmath=FAST_MATH, inline="always")
+def _embed(
+    items: Indices, table: Floats, weight: Floats, bias: Floats, eps: float, out: Floats
+) -> int:
+    """``out [b, d]`` = LayerNorm of each item's row of ``table``. Returns -1, or the first
+    row whose item is outside the table (nothing read for it: numba does not check)."""
+    for user in range(items.shape[0]):
+        if items[user] < 0 or items[user] >= table.shape[0]:
+            return user
+        _layer_norm(table[items[user]], weight, bias, eps, out[user])
+    return -1
+
+
+@njit(fastmath=FAST_MATH, inline="always")
+def _rotate(states: Floats, layer: int, rotation: Floats, carried: Floats, out: Floats) -> None:
+    """``out [b, 2n]`` = λ ⊙ h + γ ⊙ b for ``states [b, L, 2, n]`` at ``layer``: λ as a
+    rotation of (Re h, Im h), ``carried`` = γ ⊙ b; the caller adds γ ⊙ B x."""
+    n = rotation.shape[2]
+    for user in range(states.shape[0]):
+        old = states[user, layer]
+        for j in range(n):
+            real, imag = old[0, j], old[1, j]
+            out[user, j] = rotation[0, 0, j] * real + rotation[0, 1, j] * imag + carried[0, j]
+            out[user, n + j] = rotation[1, 0, j] * real + rotation[1, 1, j] * imag + carried[1, j]
+
+
+@njit(fastmath=FAST_MATH, inline="always")
+def _gelu(x: Floats) -> None:
+    """GELU of ``x [b, f]`` in place, the erf form (with :func:`_erf`)."""
+    for user in range(x.shape[0]):
+        row = x[user]
+        for j in range(row.shape[0]):
+            row[j] = np.float32(0.5) * row[j] * (np.float32(1.0) + _erf(row[j] * INV_SQRT2))
+
+
 @kernel
 def step_kernel(
     items: Indices,
@@ -154,18 +189,11 @@ def step_kernel(
     h = np.empty((batch, 2 * n), np.float32)  # (Re h; Im h) of one layer, every user
     residual = np.empty((batch, width), np.float32)
     inner = np.empty((batch, ffn_in_weight_t.shape[2]), np.float32)
-    for user in range(batch):
-        if items[user] < 0 or items[user] >= table.shape[0]:
-            return user
-        _layer_norm(table[items[user]], embedding_norm_weight, embedding_norm_bias, eps, x[user])
+    failed = _embed(items, table, embedding_norm_weight, embedding_norm_bias, eps, x)
+    if failed >= 0:
+        return failed
     for k in range(n_layers):  # layer by layer, so each weight row is read once per batch
-        rotation, carried = rotations[k], input_bias[k]
-        for user in range(batch):
-            old = states[user, k]
-            for j in range(n):  # λ ⊙ h + γ ⊙ b as a rotation of (Re h, Im h)
-                real, imag = old[0, j], old[1, j]
-                h[user, j] = rotation[0, 0, j] * real + rotation[0, 1, j] * imag + carried[0, j]
-                h[user, n + j] = rotation[1, 0, j] * real + rotation[1, 1, j] * imag + carried[1, j]
+        _rotate(states, k, rotations[k], input_bias[k], h)
         _add_products(u_weight_t[k], x, h)  # + γ ⊙ B x
         for user in range(batch):
             states_out[user, k, 0] = h[user, :n]
@@ -176,10 +204,8 @@ def step_kernel(
             _layer_norm(residual[user], lru_norm_weight[k], lru_norm_bias[k], eps, x[user])
             inner[user] = ffn_in_bias[k]
         _add_products(ffn_in_weight_t[k], x, inner)
+        _gelu(inner)
         for user in range(batch):
-            row = inner[user]
-            for j in range(row.shape[0]):
-                row[j] = np.float32(0.5) * row[j] * (np.float32(1.0) + _erf(row[j] * INV_SQRT2))
             _sum_into(ffn_out_bias[k], x[user], residual[user])
         _add_products(ffn_out_weight_t[k], inner, residual)
         for user in range(batch):
@@ -346,28 +372,16 @@ def select_top_k_kernel(
 def embed_kernel(
     items: Indices, table: Floats, weight: Floats, bias: Floats, eps: float, out: Floats
 ) -> int:
-    """``out [b, d]`` = LayerNorm of each item's row of ``table``. Returns -1, or the first
-    row whose item is outside the table (nothing read for it)."""
-    for user in range(items.shape[0]):
-        if items[user] < 0 or items[user] >= table.shape[0]:
-            return user
-        _layer_norm(table[items[user]], weight, bias, eps, out[user])
-    return -1
+    """:func:`_embed` as a kernel."""
+    return _embed(items, table, weight, bias, eps, out)
 
 
 @kernel
 def rotate_kernel(
     states: Floats, layer: int, rotation: Floats, carried: Floats, out: Floats
 ) -> int:
-    """``out [b, 2n]`` = λ ⊙ h + γ ⊙ b of ``states [b, L, 2, n]`` at ``layer`` (as
-    :func:`step_kernel`), to which the caller adds γ ⊙ B x."""
-    n = rotation.shape[2]
-    for user in range(states.shape[0]):
-        old = states[user, layer]
-        for j in range(n):
-            real, imag = old[0, j], old[1, j]
-            out[user, j] = rotation[0, 0, j] * real + rotation[0, 1, j] * imag + carried[0, j]
-            out[user, n + j] = rotation[1, 0, j] * real + rotation[1, 1, j] * imag + carried[1, j]
+    """:func:`_rotate` as a kernel."""
+    _rotate(states, layer, rotation, carried, out)
     return -1
 
 
@@ -381,11 +395,8 @@ def layer_norm_kernel(x: Floats, weight: Floats, bias: Floats, eps: float, out: 
 
 @kernel
 def gelu_kernel(x: Floats) -> int:
-    """GELU of ``x [b, f]`` in place (the erf form, as :func:`step_kernel`)."""
-    for user in range(x.shape[0]):
-        row = x[user]
-        for j in range(row.shape[0]):
-            row[j] = np.float32(0.5) * row[j] * (np.float32(1.0) + _erf(row[j] * INV_SQRT2))
+    """:func:`_gelu` as a kernel."""
+    _gelu(x)
     return -1
 
 
