@@ -8,6 +8,8 @@ LayerNorms and the GELU. Same weights, same order of operations per layer, teste
 fused kernel and :meth:`model.LRURec.step` (tests/service/test_numba_runtime.py).
 """
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -23,31 +25,34 @@ Indices = NDArray[np.int64]
 
 
 def batched_step(
-    items: Indices, states: Floats, table: Floats, weights: tuple[Floats, ...], eps: float
-) -> tuple[Floats, Floats] | int:
-    """One event per user: ``items [b]``, ``states [b, L, 2, n]`` → ``(hidden [b, d],
-    new states [b, L, 2, n])``; ``weights`` in :func:`service.numba_runtime.kernel_weights`'s
-    order.
+    items: Indices,
+    states: Floats,
+    hidden_out: Floats,
+    states_out: Floats,
+    table: Floats,
+    *weights_and_eps: Any,
+) -> int:
+    """:func:`service.numba_kernels.step_kernel`'s contract, through BLAS: one event per user,
+    ``items [b]``, ``states [b, L, 2, n]`` → ``hidden_out [b, d]``, ``states_out [b, L, 2, n]``
+    (written in place); after ``table`` the same weights and ``eps``.
 
     Returns:
-        The pair, or the first row whose item is outside ``table`` (then nothing is stepped).
+        -1, or the first row whose item is outside ``table`` (then nothing is stepped).
     """
     (
         embedding_norm_weight, embedding_norm_bias, rotations, input_bias, u_weight_t,
         c_weight_t, c_bias, lru_norm_weight, lru_norm_bias, ffn_in_weight_t, ffn_in_bias,
-        ffn_out_weight_t, ffn_out_bias, ffn_norm_weight, ffn_norm_bias,
-    ) = weights  # fmt: skip
-    batch, width = len(items), table.shape[1]
-    x = np.empty((batch, width), dtype=np.float32)
+        ffn_out_weight_t, ffn_out_bias, ffn_norm_weight, ffn_norm_bias, eps,
+    ) = weights_and_eps  # fmt: skip
+    x, batch = hidden_out, len(items)  # the running activations end as the hidden vectors
     failed = embed_kernel(items, table, embedding_norm_weight, embedding_norm_bias, eps, x)
     if failed >= 0:
-        return failed
-    new_states = np.empty_like(states)
+        return int(failed)
     h = np.empty((batch, 2 * rotations.shape[3]), dtype=np.float32)  # (Re h; Im h) per user
     for layer in range(len(rotations)):
         rotate_kernel(states, layer, rotations[layer], input_bias[layer], h)
         h += x @ u_weight_t[layer]
-        new_states[:, layer] = h.reshape(batch, 2, -1)
+        states_out[:, layer] = h.reshape(batch, 2, -1)
         residual = h @ c_weight_t[layer]  # Re(C h), then + c + x
         residual += c_bias[layer]
         residual += x
@@ -59,4 +64,4 @@ def batched_step(
         residual += ffn_out_bias[layer]
         residual += x
         layer_norm_kernel(residual, ffn_norm_weight[layer], ffn_norm_bias[layer], eps, x)
-    return x, new_states
+    return -1

@@ -282,6 +282,24 @@ def _select(
 
 
 @njit(fastmath=FAST_MATH, inline="always")
+def _rank(
+    scores: Floats,
+    user: int,
+    exclude: Indices,
+    exclude_starts: Indices,
+    k: int,
+    top_items: Indices,
+    top_scores: Floats,
+    counts: Indices,
+) -> bool:
+    """:func:`_select` of row ``user``'s ``scores`` with its exclusions, into its row of the
+    outputs; False when an excluded index is outside the table."""
+    first, last = exclude_starts[user], exclude_starts[user + 1]
+    counts[user] = _select(scores, exclude, first, last, k, top_items[user], top_scores[user])
+    return bool(counts[user] >= 0)
+
+
+@njit(fastmath=FAST_MATH, inline="always")
 def _score(query: Floats, table: Floats, bias: Floats, out: Floats) -> None:
     """``out = table @ query + bias``, four rows at a time: four independent sums in flight
     instead of one horizontal sum after another (≈ 12 % faster at 3,416 × 64 here)."""
@@ -332,9 +350,7 @@ def top_k_kernel(
     scores = np.empty(table.shape[0], np.float32)
     for user in range(hidden.shape[0]):
         _score(hidden[user], table, bias, scores)
-        first, last = exclude_starts[user], exclude_starts[user + 1]
-        counts[user] = _select(scores, exclude, first, last, k, top_items[user], top_scores[user])
-        if counts[user] < 0:
+        if not _rank(scores, user, exclude, exclude_starts, k, top_items, top_scores, counts):
             return user
     return -1
 
@@ -357,9 +373,7 @@ def select_top_k_kernel(
         row = scores[user]
         for item in range(row.shape[0]):
             row[item] += bias[item]
-        first, last = exclude_starts[user], exclude_starts[user + 1]
-        counts[user] = _select(row, exclude, first, last, k, top_items[user], top_scores[user])
-        if counts[user] < 0:
+        if not _rank(row, user, exclude, exclude_starts, k, top_items, top_scores, counts):
             return user
     return -1
 

@@ -162,18 +162,13 @@ class NumbaStepper(TorchRebuilds):
                 f"items {items.shape} and states {states.shape}; expected [b] and "
                 f"{['b', *self._state_shape]}"
             )
-        if len(items) >= BLAS_MIN_ROWS:
-            stepped = batched_step(items, states, self._table, self._weights, self._eps)
-        else:
-            hidden = np.empty((len(items), self._width), dtype=np.float32)
-            new_states = np.empty_like(states)
-            stepped = step_kernel(
-                items, states, hidden, new_states, self._table, *self._weights, self._eps
-            )
-            stepped = (hidden, new_states) if stepped < 0 else stepped
-        if isinstance(stepped, int):
-            raise IndexError(f"item index {items[stepped]} is outside the model's vocabulary")
-        return stepped
+        hidden = np.empty((len(items), self._width), dtype=np.float32)
+        new_states = np.empty_like(states)
+        step = batched_step if len(items) >= BLAS_MIN_ROWS else step_kernel
+        failed = step(items, states, hidden, new_states, self._table, *self._weights, self._eps)
+        if failed >= 0:
+            raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
+        return hidden, new_states
 
     def scores(self, hidden: FloatArray) -> FloatArray:
         """Scores ``[b, v]``; column 0 is -inf, as the other backends' score paths."""
