@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from service.numba_kernels import (
     embed_kernel,
     gelu_kernel,
-    layer_norm_kernel,
+    residual_norm_kernel,
     rotate_kernel,
 )
 
@@ -48,20 +48,24 @@ def batched_step(
     failed = embed_kernel(items, table, embedding_norm_weight, embedding_norm_bias, eps, x)
     if failed >= 0:
         return int(failed)
-    h = np.empty((batch, 2 * rotations.shape[3]), dtype=np.float32)  # (Re h; Im h) per user
+    # Products land in preallocated blocks; the kernels add biases and residuals while
+    # normalising, instead of a numpy pass over [b, ...] for each addition.
+    width, state_width = x.shape[1], 2 * rotations.shape[3]
+    projected = np.empty((batch, state_width), dtype=np.float32)  # γ ⊙ B x
+    block = np.empty((batch, width), dtype=np.float32)
+    inner = np.empty((batch, ffn_in_weight_t.shape[2]), dtype=np.float32)
     for layer in range(len(rotations)):
-        rotate_kernel(states, layer, rotations[layer], input_bias[layer], h)
-        h += x @ u_weight_t[layer]
-        states_out[:, layer] = h.reshape(batch, 2, -1)
-        residual = h @ c_weight_t[layer]  # Re(C h), then + c + x
-        residual += c_bias[layer]
-        residual += x
-        layer_norm_kernel(residual, lru_norm_weight[layer], lru_norm_bias[layer], eps, x)
-        inner = x @ ffn_in_weight_t[layer]
-        inner += ffn_in_bias[layer]
-        gelu_kernel(inner)
-        residual = inner @ ffn_out_weight_t[layer]
-        residual += ffn_out_bias[layer]
-        residual += x
-        layer_norm_kernel(residual, ffn_norm_weight[layer], ffn_norm_bias[layer], eps, x)
+        np.matmul(x, u_weight_t[layer], out=projected)
+        rotate_kernel(states, layer, rotations[layer], input_bias[layer], projected, states_out)
+        h = states_out[:, layer].reshape(batch, state_width)  # (Re h; Im h) per user, a view
+        np.matmul(h, c_weight_t[layer], out=block)  # Re(C h); + c + x below
+        residual_norm_kernel(
+            block, c_bias[layer], x, lru_norm_weight[layer], lru_norm_bias[layer], eps, x
+        )
+        np.matmul(x, ffn_in_weight_t[layer], out=inner)
+        gelu_kernel(inner, ffn_in_bias[layer])
+        np.matmul(inner, ffn_out_weight_t[layer], out=block)
+        residual_norm_kernel(
+            block, ffn_out_bias[layer], x, ffn_norm_weight[layer], ffn_norm_bias[layer], eps, x
+        )
     return -1
