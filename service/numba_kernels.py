@@ -231,7 +231,7 @@ def step_kernel(
     return -1
 
 
-SCAN_WIDTH = 16
+SCAN_WIDTH = 32
 """Scores checked at once against the k-th best before any is looked at alone."""
 
 
@@ -270,7 +270,8 @@ def _select(
     -1 when an excluded index is outside ``[0, v)``.
 
     Once ``k`` are kept, only a score above the k-th best can enter; the scan skips each run of
-    :data:`SCAN_WIDTH` scores whose maximum is not above it (a vectorised max, no branches).
+    :data:`SCAN_WIDTH` scores none of which is above it (a vectorised count, no branches: a
+    float max does not vectorise without assuming no NaN).
     """
     n_columns = scores.shape[0]
     scores[0] = -np.inf
@@ -283,11 +284,10 @@ def _select(
     threshold = np.float32(-np.inf)  # -inf (masked) and NaN never compare above it
     for start in range(0, n_columns, SCAN_WIDTH):
         stop = min(start + SCAN_WIDTH, n_columns)
-        top = np.float32(-np.inf)
+        above = 0
         for item in range(start, stop):
-            if scores[item] > top:  # NaN never does, so it cannot hide a candidate
-                top = scores[item]
-        if not top > threshold:
+            above += scores[item] > threshold  # NaN never counts, so it cannot hide a candidate
+        if above == 0:
             continue
         for item in range(start, stop):
             score = scores[item]
