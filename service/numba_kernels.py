@@ -233,6 +233,8 @@ def step_kernel(
 
 SCAN_WIDTH = 32
 """Scores checked at once against the k-th best before any is looked at alone."""
+FLOOR_ROWS = 8
+"""Rows of a call whose k-th best scores floor the next row's selection (:func:`_rank`)."""
 
 
 @njit(fastmath=FAST_MATH, error_model=ERROR_MODEL, inline="always")
@@ -264,10 +266,15 @@ def _select(
     k: int,
     best_items: Indices,
     best_scores: Floats,
+    floor: np.float32,
 ) -> int:
     """Mask column 0 and ``exclude[first:last]`` in ``scores`` (in place), then keep the best
-    ``k`` finite scores by insertion, ties to the lower index. Returns how many were kept, or
-    -1 when an excluded index is outside ``[0, v)``.
+    ``k`` finite scores above ``floor`` by insertion, ties to the lower index. Returns how many
+    were kept, or -1 when an excluded index is outside ``[0, v)``.
+
+    With ``floor`` -inf that is the exact top-``k``; with a higher ``floor`` it is too whenever
+    ``k`` are kept (the k-th best is then above ``floor``); fewer kept says only that the floor
+    was too high.
 
     Once ``k`` are kept, only a score above the k-th best can enter; the scan skips each run of
     :data:`SCAN_WIDTH` scores none of which is above it (a vectorised count, no branches: a
@@ -281,7 +288,7 @@ def _select(
             return -1
         scores[index] = -np.inf
     filled = 0
-    threshold = np.float32(-np.inf)  # -inf (masked) and NaN never compare above it
+    threshold = floor  # -inf (masked) and NaN never compare above it
     for start in range(0, n_columns, SCAN_WIDTH):
         stop = min(start + SCAN_WIDTH, n_columns)
         above = 0
@@ -308,12 +315,33 @@ def _rank(
     top_items: Indices,
     top_scores: Floats,
     counts: Indices,
+    recent: Floats,
 ) -> bool:
     """:func:`_select` of row ``user``'s ``scores`` with its exclusions, into its row of the
-    outputs; False when an excluded index is outside the table."""
+    outputs; False when an excluded index is outside the table.
+
+    ``recent [FLOOR_ROWS]`` holds the k-th best scores of the last rows ranked in this call
+    (+inf where none yet). Rows scored by one model have similar scales, so their minimum is
+    tried first as a floor: most of the insertions of a scan from -inf are of scores that
+    end up below it. When fewer than ``k`` scores are above it, the row is ranked again from
+    -inf, so the result is the exact top-k either way.
+    """
     first, last = exclude_starts[user], exclude_starts[user + 1]
-    counts[user] = _select(scores, exclude, first, last, k, top_items[user], top_scores[user])
-    return bool(counts[user] >= 0)
+    best_items, best_scores = top_items[user], top_scores[user]
+    floor = np.float32(np.inf)
+    for kept in recent:
+        floor = min(floor, kept)
+    filled = -1
+    if floor < np.inf:
+        filled = _select(scores, exclude, first, last, k, best_items, best_scores, floor)
+    if 0 <= filled < k or floor == np.inf:
+        filled = _select(
+            scores, exclude, first, last, k, best_items, best_scores, np.float32(-np.inf)
+        )
+    counts[user] = filled
+    if filled == k:
+        recent[user % recent.shape[0]] = best_scores[k - 1]
+    return bool(filled >= 0)
 
 
 @njit(fastmath=FAST_MATH, error_model=ERROR_MODEL, inline="always")
@@ -365,9 +393,12 @@ def top_k_kernel(
         -1, or the first user with an excluded index outside ``[0, v)`` (not ranked).
     """
     scores = np.empty(table.shape[0], np.float32)
+    recent = np.full(FLOOR_ROWS, np.inf, np.float32)
     for user in range(hidden.shape[0]):
         _score(hidden[user], table, bias, scores)
-        if not _rank(scores, user, exclude, exclude_starts, k, top_items, top_scores, counts):
+        if not _rank(
+            scores, user, exclude, exclude_starts, k, top_items, top_scores, counts, recent
+        ):
             return user
     return -1
 
@@ -386,11 +417,12 @@ def select_top_k_kernel(
     """:func:`top_k_kernel` for ``scores [b, v]`` = ``hidden @ tableᵀ`` computed elsewhere (a
     batch scores faster in one BLAS product than row by row); ``bias [v]`` is added here, row
     by row while the row is in cache, and the row masked in place."""
+    recent = np.full(FLOOR_ROWS, np.inf, np.float32)
     for user in range(scores.shape[0]):
         row = scores[user]
         for item in range(row.shape[0]):
             row[item] += bias[item]
-        if not _rank(row, user, exclude, exclude_starts, k, top_items, top_scores, counts):
+        if not _rank(row, user, exclude, exclude_starts, k, top_items, top_scores, counts, recent):
             return user
     return -1
 

@@ -157,21 +157,32 @@ def test_numba_top_k_never_ranks_non_finite_scores(tiny_artifact: Path) -> None:
 
 @pytest.mark.parametrize("k", [1, 3, 10, 32])
 def test_numba_selection_matches_a_sort_with_ties_and_non_finite_scores(k: int) -> None:
+    """Rows of one call, at shifted scales: each row's selection first tries a floor from the
+    rows before it, which is sometimes right, sometimes too high (fewer than k above it), and
+    sometimes exactly a tied score."""
     rng = np.random.default_rng(k)
-    for _ in range(50):
-        scores = np.round(rng.standard_normal((1, 203)), 1).astype(np.float32)  # many ties
-        bad = rng.choice(203, size=20, replace=False)  # NaN/±inf before and after candidates
-        scores[0, bad] = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), size=20)
-        exclude = rng.choice(203, size=10, replace=False).astype(np.int64)
-        allowed = set(range(1, 203)) - set(exclude.tolist())
-        finite = [i for i in allowed if np.isfinite(scores[0, i])]
-        expected = sorted(finite, key=lambda index: (-scores[0, index], index))[:k]
-        items, values = np.empty((1, k), np.int64), np.empty((1, k), np.float32)
-        counts = np.empty(1, np.int64)
-        starts = np.array([0, len(exclude)], np.int64)
-        bias = np.zeros(203, np.float32)
-        assert select_top_k_kernel(scores, bias, exclude, starts, k, items, values, counts) == -1
-        assert items[0, : counts[0]].tolist() == expected
+    rows, columns = 24, 203
+    for _ in range(12):
+        scores = np.round(rng.standard_normal((rows, columns)), 1)  # many ties
+        scores += np.round(rng.normal(0.0, 0.5, size=(rows, 1)), 1)  # per-row shifts
+        scores = scores.astype(np.float32)
+        for row in range(rows):  # NaN/±inf before and after candidates; some rows mostly bad
+            bad = rng.choice(columns, size=20 if row % 5 else columns - 3, replace=False)
+            scores[row, bad] = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), len(bad))
+        excluded = [rng.choice(columns, size=10, replace=False).tolist() for _ in range(rows)]
+        expected = []
+        for row, exclude in enumerate(excluded):
+            allowed = set(range(1, columns)) - set(exclude)
+            finite = [i for i in allowed if np.isfinite(scores[row, i])]
+            expected.append(sorted(finite, key=lambda index: (-scores[row, index], index))[:k])
+        items, values = np.empty((rows, k), np.int64), np.empty((rows, k), np.float32)
+        counts = np.empty(rows, np.int64)
+        starts = np.cumsum([0] + [len(exclude) for exclude in excluded]).astype(np.int64)
+        flat = np.array([index for exclude in excluded for index in exclude], np.int64)
+        bias = np.zeros(columns, np.float32)
+        assert select_top_k_kernel(scores, bias, flat, starts, k, items, values, counts) == -1
+        for row in range(rows):
+            assert items[row, : counts[row]].tolist() == expected[row], f"row {row}"
 
 
 def test_numba_top_k_of_a_large_k_or_batch_matches_torch(tiny_artifact: Path) -> None:
