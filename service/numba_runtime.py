@@ -211,12 +211,10 @@ class NumbaStepper(TorchRebuilds):
             failed = self._select_blas(hidden, flat, starts, k, top_items, top_scores, counts)
         if failed >= 0:
             raise IndexError(f"excluded index outside the vocabulary in row {failed}")
-        if int(counts.min()) == k:  # the usual case: whole rows (half the cost of slicing each)
+        kept = counts.tolist()
+        if kept.count(k) == rows:  # the usual case: whole rows (half the cost of slicing each)
             return list(zip(top_items, top_scores, strict=True))
-        return [
-            (top_items[row, :count], top_scores[row, :count])
-            for row, count in enumerate(counts.tolist())
-        ]
+        return [(top_items[row, :count], top_scores[row, :count]) for row, count in enumerate(kept)]
 
     def _select_blas(
         self,
