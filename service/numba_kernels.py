@@ -234,7 +234,7 @@ def step_kernel(
 SCAN_WIDTH = 32
 """Scores checked at once against the k-th best before any is looked at alone."""
 FLOOR_ROWS = 8
-"""Rows of a call whose k-th best scores floor the next row's selection (:func:`_rank`)."""
+"""Recent rows whose k-th best scores floor the next row's selection (:func:`_rank`)."""
 
 
 @njit(fastmath=FAST_MATH, error_model=ERROR_MODEL, inline="always")
@@ -315,21 +315,23 @@ def _rank(
     top_items: Indices,
     top_scores: Floats,
     counts: Indices,
-    recent: Floats,
+    floors: Floats,
+    cursor: Indices,
 ) -> bool:
     """:func:`_select` of row ``user``'s ``scores`` with its exclusions, into its row of the
     outputs; False when an excluded index is outside the table.
 
-    ``recent [FLOOR_ROWS]`` holds the k-th best scores of the last rows ranked in this call
-    (+inf where none yet). Rows scored by one model have similar scales, so their minimum is
-    tried first as a floor: most of the insertions of a scan from -inf are of scores that
-    end up below it. When fewer than ``k`` scores are above it, the row is ranked again from
-    -inf, so the result is the exact top-k either way.
+    ``floors [FLOOR_ROWS]`` holds the k-th best scores of the last rows ranked (+inf where
+    none yet), ``cursor [1]`` counts the rows written there. Rows scored by one model have
+    similar scales, so their minimum is tried first as a floor: most of the insertions of a
+    scan from -inf are of scores that end up below it. When fewer than ``k`` scores are above
+    it, the row is ranked again from -inf, so the result is the exact top-k whatever the
+    floors hold.
     """
     first, last = exclude_starts[user], exclude_starts[user + 1]
     best_items, best_scores = top_items[user], top_scores[user]
     floor = np.float32(np.inf)
-    for kept in recent:
+    for kept in floors:
         floor = min(floor, kept)
     filled = -1
     if floor < np.inf:
@@ -340,7 +342,8 @@ def _rank(
         )
     counts[user] = filled
     if filled == k:
-        recent[user % recent.shape[0]] = best_scores[k - 1]
+        floors[cursor[0] % floors.shape[0]] = best_scores[k - 1]
+        cursor[0] += 1
     return bool(filled >= 0)
 
 
@@ -378,6 +381,8 @@ def top_k_kernel(
     top_items: Indices,
     top_scores: Floats,
     counts: Indices,
+    floors: Floats,
+    cursor: Indices,
 ) -> int:
     """Exact top-``k`` of ``hidden [b, d] @ tableᵀ + bias`` per user, column 0, excluded items
     and non-finite scores left out, best first; ties keep the lower index first (as ONNX TopK).
@@ -388,16 +393,17 @@ def top_k_kernel(
     ``exclude`` holds every user's excluded indices back to back; user ``u``'s are
     ``exclude[exclude_starts[u]:exclude_starts[u + 1]]``. Writes ``top_items [b, k]``,
     ``top_scores [b, k]`` and ``counts [b]`` (fewer than ``k`` when fewer items are left).
+    ``floors`` and ``cursor`` are :func:`_rank`'s memory of recent k-th best scores, kept by
+    the caller from call to call (one pair per ``k``).
 
     Returns:
         -1, or the first user with an excluded index outside ``[0, v)`` (not ranked).
     """
     scores = np.empty(table.shape[0], np.float32)
-    recent = np.full(FLOOR_ROWS, np.inf, np.float32)
     for user in range(hidden.shape[0]):
         _score(hidden[user], table, bias, scores)
         if not _rank(
-            scores, user, exclude, exclude_starts, k, top_items, top_scores, counts, recent
+            scores, user, exclude, exclude_starts, k, top_items, top_scores, counts, floors, cursor
         ):
             return user
     return -1
@@ -413,16 +419,19 @@ def select_top_k_kernel(
     top_items: Indices,
     top_scores: Floats,
     counts: Indices,
+    floors: Floats,
+    cursor: Indices,
 ) -> int:
     """:func:`top_k_kernel` for ``scores [b, v]`` = ``hidden @ tableᵀ`` computed elsewhere (a
     batch scores faster in one BLAS product than row by row); ``bias [v]`` is added here, row
     by row while the row is in cache, and the row masked in place."""
-    recent = np.full(FLOOR_ROWS, np.inf, np.float32)
     for user in range(scores.shape[0]):
         row = scores[user]
         for item in range(row.shape[0]):
             row[item] += bias[item]
-        if not _rank(row, user, exclude, exclude_starts, k, top_items, top_scores, counts, recent):
+        if not _rank(
+            row, user, exclude, exclude_starts, k, top_items, top_scores, counts, floors, cursor
+        ):
             return user
     return -1
 

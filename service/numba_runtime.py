@@ -26,7 +26,13 @@ from model import Artifact, LRURec
 from model.folded import fold
 from model.layers import LRUBlock
 from service.numba_batched import batched_step
-from service.numba_kernels import KERNELS, select_top_k_kernel, step_kernel, top_k_kernel
+from service.numba_kernels import (
+    FLOOR_ROWS,
+    KERNELS,
+    select_top_k_kernel,
+    step_kernel,
+    top_k_kernel,
+)
 from service.runtime import FloatArray, IndexArray, TorchRebuilds, top_k_numpy
 
 logger = logging.getLogger("service")
@@ -126,6 +132,8 @@ class NumbaStepper(TorchRebuilds):
             self._table = _array(model.embedding.weight)  # [v, d]
             self._bias = _array(model.item_bias)
         self._eps = float(model.embedding_norm.eps)
+        self._floors: dict[int, tuple[FloatArray, IndexArray]] = {}
+        """Per k, the selection's memory of recent k-th best scores (numba_kernels._rank)."""
         self._state_shape = tuple(model.state_shape)
         self._width = model.config.d_model
         self._compile()
@@ -203,12 +211,19 @@ class NumbaStepper(TorchRebuilds):
         top_items = np.empty((rows, k), dtype=np.int64)
         top_scores = np.empty((rows, k), dtype=np.float32)
         counts = np.empty(rows, dtype=np.int64)
+        floors = self._floors.get(k)
+        if floors is None:  # k ≤ FUSED_MAX_K here: at most 32 pairs of a few bytes
+            floors = np.full(FLOOR_ROWS, np.inf, np.float32), np.zeros(1, np.int64)
+            self._floors[k] = floors
         if rows < BLAS_MIN_ROWS:
             failed = top_k_kernel(
-                hidden, self._table, self._bias, flat, starts, k, top_items, top_scores, counts
-            )
+                hidden, self._table, self._bias, flat, starts, k,
+                top_items, top_scores, counts, *floors,
+            )  # fmt: skip
         else:
-            failed = self._select_blas(hidden, flat, starts, k, top_items, top_scores, counts)
+            failed = self._select_blas(
+                hidden, flat, starts, k, top_items, top_scores, counts, floors
+            )
         if failed >= 0:
             raise IndexError(f"excluded index outside the vocabulary in row {failed}")
         kept = counts.tolist()
@@ -225,6 +240,7 @@ class NumbaStepper(TorchRebuilds):
         top_items: IndexArray,
         top_scores: FloatArray,
         counts: IndexArray,
+        floors: tuple[FloatArray, IndexArray],
     ) -> int:
         """BLAS scores in row chunks of at most 16 MB, each selected by the compiled kernel."""
         chunk = max(1, SCORE_CHUNK_FLOATS // len(self._table))
@@ -233,7 +249,7 @@ class NumbaStepper(TorchRebuilds):
             scores: FloatArray = hidden[rows] @ self._table.T  # the kernel adds the bias
             failed = select_top_k_kernel(
                 scores, self._bias, flat, starts[first : first + chunk + 1], k,
-                top_items[rows], top_scores[rows], counts[rows],
+                top_items[rows], top_scores[rows], counts[rows], *floors,
             )  # fmt: skip
             if failed >= 0:
                 return first + failed

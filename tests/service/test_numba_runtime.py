@@ -12,7 +12,7 @@ import torch
 from numba.core.errors import NumbaError
 
 from model import Artifact, LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
-from service.numba_kernels import _erf, select_top_k_kernel, step_kernel
+from service.numba_kernels import FLOOR_ROWS, _erf, select_top_k_kernel, step_kernel
 from service.numba_runtime import NumbaStepper
 from service.runtime import (
     BACKENDS,
@@ -157,11 +157,12 @@ def test_numba_top_k_never_ranks_non_finite_scores(tiny_artifact: Path) -> None:
 
 @pytest.mark.parametrize("k", [1, 3, 10, 32])
 def test_numba_selection_matches_a_sort_with_ties_and_non_finite_scores(k: int) -> None:
-    """Rows of one call, at shifted scales: each row's selection first tries a floor from the
-    rows before it, which is sometimes right, sometimes too high (fewer than k above it), and
-    sometimes exactly a tied score."""
+    """Rows at shifted scales: each row's selection first tries a floor from the rows ranked
+    before it (in this call and earlier ones), which is sometimes right, sometimes too high
+    (fewer than k above it), and sometimes exactly a tied score."""
     rng = np.random.default_rng(k)
     rows, columns = 24, 203
+    floors = np.full(FLOOR_ROWS, np.inf, np.float32), np.zeros(1, np.int64)
     for _ in range(12):
         scores = np.round(rng.standard_normal((rows, columns)), 1)  # many ties
         scores += np.round(rng.normal(0.0, 0.5, size=(rows, 1)), 1)  # per-row shifts
@@ -180,9 +181,29 @@ def test_numba_selection_matches_a_sort_with_ties_and_non_finite_scores(k: int) 
         starts = np.cumsum([0] + [len(exclude) for exclude in excluded]).astype(np.int64)
         flat = np.array([index for exclude in excluded for index in exclude], np.int64)
         bias = np.zeros(columns, np.float32)
-        assert select_top_k_kernel(scores, bias, flat, starts, k, items, values, counts) == -1
+        assert (
+            select_top_k_kernel(scores, bias, flat, starts, k, items, values, counts, *floors) == -1
+        )
         for row in range(rows):
             assert items[row, : counts[row]].tolist() == expected[row], f"row {row}"
+
+
+def test_numba_top_k_stays_exact_when_earlier_calls_leave_floors_too_high(
+    tiny_artifact: Path,
+) -> None:
+    """Users with large scores, then users whose every score is far below the floors those
+    left behind: each call must still match torch (the floors are only a first guess)."""
+    stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
+    reference = build_stepper("torch", load_artifact(tiny_artifact), "cpu")
+    generator = np.random.default_rng(5)
+    for scale, rows in ((10.0, 1), (10.0, 9), (0.01, 1), (0.01, 9), (-10.0, 3), (1.0, 12)):
+        hidden = (scale * generator.normal(size=(rows, 16))).astype(np.float32)
+        exclude = [generator.integers(1, TINY_N_ITEMS + 1, size=3).tolist() for _ in range(rows)]
+        for (indices, values), (expected_indices, expected_values) in zip(
+            stepper.top_k(hidden, 5, exclude), reference.top_k(hidden, 5, exclude), strict=True
+        ):
+            np.testing.assert_array_equal(indices, expected_indices)
+            np.testing.assert_allclose(values, expected_values, atol=SCORE_TOLERANCE * abs(scale))
 
 
 def test_numba_top_k_of_a_large_k_or_batch_matches_torch(tiny_artifact: Path) -> None:
