@@ -4,8 +4,9 @@
 few users. From about 8 users on, numpy's BLAS products (``[b, d] @ [d, 2n]`` and the like)
 run 2-3.5x faster than those loops (measured at b = 64 on this 2-core VM), so this step calls
 them between small compiled kernels for the embedding LayerNorm, the λ rotation, the
-LayerNorms and the GELU. Same weights, same order of operations per layer, tested against the
-fused kernel and :meth:`model.LRURec.step` (tests/service/test_numba_runtime.py).
+LayerNorms and the GELU (each adding the bias and residual that precede it). Same weights and
+operations per layer, summed in another order, so results agree to float32 rounding; tested
+against the fused kernel and :meth:`model.LRURec.step` (tests/service/test_numba_runtime.py).
 """
 
 from typing import Any
@@ -34,7 +35,8 @@ def batched_step(
 ) -> int:
     """:func:`service.numba_kernels.step_kernel`'s contract, through BLAS: one event per user,
     ``items [b]``, ``states [b, L, 2, n]`` → ``hidden_out [b, d]``, ``states_out [b, L, 2, n]``
-    (written in place); after ``table`` the same weights and ``eps``.
+    (written in place; unlike the fused kernel's, it must be another array than ``states``);
+    after ``table`` the same weights and ``eps``.
 
     Returns:
         -1, or the first row whose item is outside ``table`` (then nothing is stepped).

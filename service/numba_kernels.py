@@ -155,7 +155,8 @@ def _rotate(states: Floats, layer: int, rotation: Floats, carried: Floats, out: 
     n = rotation.shape[2]
     for user in range(states.shape[0]):
         for part in range(2):
-            _rotate_part(states[user, layer], rotation, carried, part, out[user, part * n :])
+            half = out[user, part * n : (part + 1) * n]
+            _rotate_part(states[user, layer], rotation, carried, part, half)
 
 
 @njit(fastmath=FAST_MATH, error_model=ERROR_MODEL, inline="always")
@@ -232,7 +233,7 @@ def step_kernel(
 
 
 SCAN_WIDTH = 32
-"""Scores checked at once against the k-th best before any is looked at alone."""
+"""Scores checked at once against the selection's threshold before any is looked at alone."""
 FLOOR_ROWS = 8
 """Recent rows whose k-th best scores floor the next row's selection (:func:`_rank`)."""
 
@@ -276,9 +277,9 @@ def _select(
     ``k`` are kept (the k-th best is then above ``floor``); fewer kept says only that the floor
     was too high.
 
-    Once ``k`` are kept, only a score above the k-th best can enter; the scan skips each run of
-    :data:`SCAN_WIDTH` scores none of which is above it (a vectorised count, no branches: a
-    float max does not vectorise without assuming no NaN).
+    Only a score above the threshold can enter: ``floor`` until ``k`` are kept, then the k-th
+    best. The scan skips each run of :data:`SCAN_WIDTH` scores none of which is above it (a
+    vectorised count, no branches: a float max does not vectorise without assuming no NaN).
     """
     n_columns = scores.shape[0]
     scores[0] = -np.inf
@@ -341,7 +342,7 @@ def _rank(
             scores, exclude, first, last, k, best_items, best_scores, np.float32(-np.inf)
         )
     counts[user] = filled
-    if filled == k:
+    if filled == k and floors.shape[0] > 0:  # numpy's error model: x % 0 would not raise
         floors[cursor[0] % floors.shape[0]] = best_scores[k - 1]
         cursor[0] += 1
     return bool(filled >= 0)
@@ -453,8 +454,9 @@ def rotate_kernel(
     states: Floats, layer: int, rotation: Floats, carried: Floats, projected: Floats,
     states_out: Floats,
 ) -> int:  # fmt: skip
-    """The new state at ``layer``, written to ``states_out [b, L, 2, n]``: :func:`_rotate`'s λ ⊙ h
-    + γ ⊙ b plus ``projected [b, 2n]`` (γ ⊙ B x, from BLAS)."""
+    """The new state at ``layer``, written to ``states_out [b, L, 2, n]``: λ ⊙ h + γ ⊙ b
+    (:func:`_rotate_part`) plus ``projected [b, 2n]`` (γ ⊙ B x, from BLAS). ``states_out``
+    must not be ``states``: the real half is written before the imaginary half reads it."""
     n = rotation.shape[2]
     for user in range(states.shape[0]):
         for part in range(2):

@@ -193,7 +193,10 @@ class NumbaStepper(TorchRebuilds):
         With ``k`` ≤ 32, fewer than 8 rows (every per-event call) go through the fused kernel,
         more through BLAS scores in row chunks of at most 16 MB selected by the compiled kernel;
         a larger ``k`` through the BLAS scores and a partial sort, where insertion (O(v·k))
-        would be slower.
+        would be slower. The kernels' selection starts from the k-th best scores of recent
+        calls (``_floors``): only its speed depends on them, and a row that lands below them
+        is ranked again in full, so results never do; calls from several threads at once
+        only make those floors less useful.
         """
         hidden = _writable(hidden, np.float32)
         if hidden.ndim != 2 or hidden.shape[1] != self._width:

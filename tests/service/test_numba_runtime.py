@@ -349,3 +349,32 @@ def test_numba_backend_starts_when_its_cache_cannot_be_written(
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert "numba could not cache a kernel" in probe.stderr
     assert probe.stdout.split()[-2] == "0"  # nothing loaded from the (empty) cache
+
+
+BOUNDS_PROBE = """
+import sys
+import numpy as np
+from model import load_artifact
+from service.numba_runtime import NumbaStepper
+stepper = NumbaStepper(load_artifact(sys.argv[1]))  # compiles and runs the fused and BLAS paths
+for rows in (1, 3, 9):
+    items = np.arange(1, rows + 1, dtype=np.int64)
+    hidden, states = stepper.step(items, np.zeros((rows, *stepper.state_shape), np.float32))
+    hidden, _ = stepper.step(items, states)
+    stepper.top_k(hidden, 5, [[1, 2, 3]] * rows)
+print("ok")
+"""
+
+
+def test_numba_kernels_stay_inside_their_arrays(tiny_artifact: Path, tmp_path: Path) -> None:
+    """numba does not check indices: with ``NUMBA_BOUNDSCHECK=1`` every kernel path is compiled
+    with checks (a fresh cache, so nothing unchecked is loaded) and an access outside an array
+    raises instead of reading a neighbour's memory."""
+    environment = {
+        **os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "cache")
+    }  # fmt: skip
+    command = [sys.executable, "-c", BOUNDS_PROBE, str(tiny_artifact)]
+    root = Path(__file__).resolve().parents[2]
+    probe = subprocess.run(command, env=environment, cwd=root, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.split()[-1] == "ok"
