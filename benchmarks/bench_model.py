@@ -29,6 +29,7 @@ import torch
 
 from benchmarks import model_cases as cases
 from benchmarks.model_figure import plot_cumulative
+from benchmarks.timing import machine_probe
 from service.main import limit_threads
 
 ML1M_ITEMS = 3416
@@ -206,6 +207,7 @@ def main() -> None:
     limit_threads(args.threads)  # as the service does: torch and numpy's BLAS
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs")
     print(f"load average at start {os.getloadavg()}")
+    print(machine_probe())
     per_event = per_event_part(args.threads, args.rounds, args.budget)
     print_per_event(per_event)
     catalogue: dict[Key, Timing] = {}
@@ -223,6 +225,7 @@ def main() -> None:
     if catalogue:
         print_targets(per_event, catalogue)
     print(f"\nload average at end {os.getloadavg()}")
+    print(machine_probe())
 
 
 if __name__ == "__main__":
