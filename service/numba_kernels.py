@@ -334,13 +334,11 @@ def _rank(
     floor = np.float32(np.inf)
     for kept in floors:
         floor = min(floor, kept)
-    filled = -1
-    if floor < np.inf:
-        filled = _select(scores, exclude, first, last, k, best_items, best_scores, floor)
-    if 0 <= filled < k or floor == np.inf:
-        filled = _select(
-            scores, exclude, first, last, k, best_items, best_scores, np.float32(-np.inf)
-        )
+    unfloored = np.float32(-np.inf)
+    start = floor if floor < np.inf else unfloored  # +inf: no row ranked yet
+    filled = _select(scores, exclude, first, last, k, best_items, best_scores, start)
+    if 0 <= filled < k and start > unfloored:
+        filled = _select(scores, exclude, first, last, k, best_items, best_scores, unfloored)
     counts[user] = filled
     if filled == k and floors.shape[0] > 0:  # numpy's error model: x % 0 would not raise
         floors[cursor[0] % floors.shape[0]] = best_scores[k - 1]
