@@ -11,93 +11,126 @@ pinned by tests/service/test_batching.py).
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from service import telemetry
-from service.runtime import FloatArray, IndexArray, Stepper
+from service.runtime import Exclusion, FloatArray, IndexArray, Stepper
 
 MAX_BATCH = 64
 """Largest batch per model call; more waiting requests are split into several calls."""
 
+Ranked = tuple[IndexArray, FloatArray]
+"""One user's best ``(indices, scores)``."""
+ResultT = TypeVar("ResultT")
 
-@dataclass(frozen=True)
-class _StepRequest:
+
+@dataclass(frozen=True, slots=True)
+class _Request(Generic[ResultT]):
+    """One user's call: item index (steps), state or hidden vector, k and exclusions (top-k)."""
+
     index: int
-    state: FloatArray
-    future: "asyncio.Future[tuple[FloatArray, FloatArray]]"
-
-
-@dataclass(frozen=True)
-class _TopKRequest:
-    hidden: FloatArray
+    vector: FloatArray
     k: int
-    exclude: Sequence[int]
-    future: "asyncio.Future[tuple[IndexArray, FloatArray]]"
+    exclude: Exclusion
+    future: "asyncio.Future[ResultT]"
 
 
-class MicroBatcher:
-    """Async ``step`` and ``top_k`` for one user each, batched per loop iteration."""
+class _Queue(Generic[ResultT]):
+    """Requests of one kind waiting for the end of this loop iteration, run as batched calls."""
 
-    def __init__(self, stepper: Stepper) -> None:
-        self._stepper = stepper
-        self._steps: list[_StepRequest] = []
-        self._top_ks: list[_TopKRequest] = []
+    def __init__(self, run: "Callable[[list[_Request[ResultT]]], list[ResultT]]") -> None:
+        self._run = run
+        self._waiting: list[_Request[ResultT]] = []
 
-    async def step(self, index: int, state: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """``(hidden [d], new_state)`` of one event; ``state`` has no batch dimension."""
-        future: asyncio.Future[tuple[FloatArray, FloatArray]]
-        future = asyncio.get_running_loop().create_future()
-        self._steps.append(_StepRequest(index, state, future))
-        if len(self._steps) == 1:
-            asyncio.get_running_loop().call_soon(self._run_steps)
+    async def submit(
+        self, index: int, vector: FloatArray, k: int = 0, exclude: Exclusion = ()
+    ) -> ResultT:
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Request(index, vector, k, exclude, future))
+        if len(self._waiting) == 1:
+            asyncio.get_running_loop().call_soon(self._drain)
         return await future
 
-    async def top_k(
-        self, hidden: FloatArray, k: int, exclude: Sequence[int]
-    ) -> tuple[IndexArray, FloatArray]:
-        """Best ``k`` (indices, scores) for one hidden vector ``[d]``."""
-        future: asyncio.Future[tuple[IndexArray, FloatArray]]
-        future = asyncio.get_running_loop().create_future()
-        self._top_ks.append(_TopKRequest(hidden, k, exclude, future))
-        if len(self._top_ks) == 1:
-            asyncio.get_running_loop().call_soon(self._run_top_ks)
-        return await future
-
-    def _run_steps(self) -> None:
-        waiting, self._steps = self._steps, []
+    def _drain(self) -> None:
+        waiting, self._waiting = self._waiting, []
         for start in range(0, len(waiting), MAX_BATCH):
             batch = waiting[start : start + MAX_BATCH]
             try:
-                items = np.asarray([request.index for request in batch], dtype=np.int64)
-                states = np.stack([request.state for request in batch])
-                with telemetry.MODEL_STEP.time():
-                    hidden, new_states = self._stepper.step(items, states)
+                results = self._run(batch)
             except Exception as error:  # every waiter gets the failure, none hangs
                 _fail([request.future for request in batch], error)
                 continue
-            for row, request in enumerate(batch):
+            for result, request in zip(results, batch, strict=True):
                 if not request.future.done():
-                    request.future.set_result((hidden[row], new_states[row]))
+                    request.future.set_result(result)
 
-    def _run_top_ks(self) -> None:
-        waiting, self._top_ks = self._top_ks, []
-        for start in range(0, len(waiting), MAX_BATCH):
-            batch = waiting[start : start + MAX_BATCH]
-            try:
-                hidden = np.stack([request.hidden for request in batch])
-                k = max(request.k for request in batch)  # a row's best k is a prefix of its best
-                with telemetry.SCORE.time():
-                    results = self._stepper.top_k(hidden, k, [r.exclude for r in batch])
-            except Exception as error:
-                _fail([request.future for request in batch], error)
-                continue
-            for (indices, scores), request in zip(results, batch, strict=True):
-                if not request.future.done():
-                    request.future.set_result((indices[: request.k], scores[: request.k]))
+
+class MicroBatcher:
+    """Async ``step``, ``top_k`` and ``step_top_k`` for one user each, batched per loop
+    iteration."""
+
+    def __init__(self, stepper: Stepper) -> None:
+        self._stepper = stepper
+        self._steps = _Queue[tuple[FloatArray, FloatArray]](self._run_steps)
+        self._top_ks = _Queue[Ranked](self._run_top_ks)
+        self._step_top_ks = _Queue[tuple[FloatArray, FloatArray, Ranked]](self._run_step_top_ks)
+
+    async def step(self, index: int, state: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """``(hidden [d], new_state)`` of one event; ``state`` has no batch dimension."""
+        return await self._steps.submit(index, state)
+
+    async def top_k(self, hidden: FloatArray, k: int, exclude: Exclusion) -> Ranked:
+        """Best ``k`` (indices, scores) for one hidden vector ``[d]``."""
+        return await self._top_ks.submit(0, hidden, k, exclude)
+
+    async def step_top_k(
+        self, index: int, state: FloatArray, k: int, exclude: Exclusion
+    ) -> tuple[FloatArray, FloatArray, Ranked]:
+        """:meth:`step`, then :meth:`top_k` of its hidden vector, in one batched call."""
+        return await self._step_top_ks.submit(index, state, k, exclude)
+
+    def _run_steps(
+        self, batch: "list[_Request[tuple[FloatArray, FloatArray]]]"
+    ) -> list[tuple[FloatArray, FloatArray]]:
+        items, states = _stacked(batch)
+        with telemetry.MODEL_STEP.time():
+            hidden, new_states = self._stepper.step(items, states)
+        return list(zip(hidden, new_states, strict=True))
+
+    def _run_top_ks(self, batch: "list[_Request[Ranked]]") -> list[Ranked]:
+        hidden = np.stack([request.vector for request in batch])
+        k = max(request.k for request in batch)  # a row's best k is a prefix of its best
+        with telemetry.SCORE.time():
+            ranked = self._stepper.top_k(hidden, k, [request.exclude for request in batch])
+        return [_prefix(row, request.k) for row, request in zip(ranked, batch, strict=True)]
+
+    def _run_step_top_ks(
+        self, batch: "list[_Request[tuple[FloatArray, FloatArray, Ranked]]]"
+    ) -> list[tuple[FloatArray, FloatArray, Ranked]]:
+        items, states = _stacked(batch)
+        k = max(request.k for request in batch)
+        with telemetry.MODEL_STEP_SCORE.time():
+            hidden, new_states, ranked = self._stepper.step_top_k(
+                items, states, k, [request.exclude for request in batch]
+            )
+        return [
+            (hidden[row], new_states[row], _prefix(ranked[row], request.k))
+            for row, request in enumerate(batch)
+        ]
+
+
+def _stacked(batch: "Sequence[_Request[Any]]") -> tuple[IndexArray, FloatArray]:
+    """The batch's item indices ``[b]`` and states ``[b, ...]``."""
+    items = np.asarray([request.index for request in batch], dtype=np.int64)
+    return items, np.stack([request.vector for request in batch])
+
+
+def _prefix(ranked: Ranked, k: int) -> Ranked:
+    return ranked[0][:k], ranked[1][:k]
 
 
 def _fail(futures: Sequence["asyncio.Future[Any]"], error: Exception) -> None:

@@ -14,6 +14,7 @@ import os
 import random
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from math import prod
 
 import numpy as np
@@ -24,7 +25,7 @@ from service import telemetry
 from service.batching import MicroBatcher
 from service.errors import ContentionError, NotFoundError
 from service.outcome import Applied, Ranked, scored
-from service.runtime import FloatArray, Stepper, top_k_numpy
+from service.runtime import FloatArray, IndexArray, Stepper, top_k_numpy
 from service.schemas import (
     Event,
     EventResult,
@@ -35,6 +36,26 @@ from service.schemas import (
 from service.settings import Settings
 from service.state_cache import StateCache
 from service.store import Snapshot, UserStore, Write, WriteResult, WriteStatus
+
+NOTHING: IndexArray = np.empty(0, dtype=np.int64)
+"""No exclusions (read only)."""
+NOTHING.flags.writeable = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What an event asks back: its top ``k`` (0: none), without the user's seen items?"""
+
+    k: int
+    exclude_seen: bool
+
+
+def _appended(indices: IndexArray, index: int) -> IndexArray:
+    """``indices`` with ``index`` after them (``np.append`` costs a few µs more)."""
+    out = np.empty(len(indices) + 1, dtype=np.int64)
+    out[:-1] = indices
+    out[-1] = index
+    return out
 
 
 class Engine:
@@ -81,8 +102,23 @@ class Engine:
             self._locks[user_id] = lock
         return lock
 
-    def _known(self, history: Sequence[str]) -> list[int]:
-        return [self._index[item] for item in history if item in self._index]
+    def _known(self, history: Sequence[str]) -> IndexArray:
+        """The model's indices of the items in ``history`` it knows, in order."""
+        index = self._index
+        return np.fromiter((index[item] for item in history if item in index), np.int64)
+
+    def _seen_after(
+        self, seen: IndexArray, history: Sequence[str], index: int | None
+    ) -> IndexArray:
+        """:meth:`_known` of the history once ``index``'s item is appended and the list is
+        trimmed to ``max_len`` as the store trims it, without mapping every item again."""
+        if index is not None:
+            seen = _appended(seen, index)
+        dropped = len(history) + 1 - self.store.max_len
+        if dropped > 0:  # the oldest items leave the stored list: their indices leave too
+            known = self._index
+            seen = seen[sum(item in known for item in history[:dropped]) :]
+        return seen
 
     def _stale(self, snap: Snapshot) -> bool:
         """The stored state belongs to another model (version or shape) and needs a rebuild."""
@@ -108,42 +144,64 @@ class Engine:
             state = np.frombuffer(snap.state, dtype=np.float32).reshape(self._state_shape)
             return state, np.frombuffer(snap.hidden, dtype=np.float32), False
         known = self._known(snap.history)
-        if not known:  # nothing this model knows: restart from its zero state
+        if len(known) == 0:  # nothing this model knows: restart from its zero state
             zero = np.zeros(self._state_shape, dtype=np.float32)
             return zero, self.stepper.cold_start_hidden(), True
         hidden, states = self.stepper.prefill(np.asarray([known], dtype=np.int64))
         return states[0], hidden[0], True
 
-    async def _step(self, index: int, state: FloatArray | None) -> tuple[FloatArray, FloatArray]:
+    async def _step(
+        self, index: int, state: FloatArray | None, k: int, exclude: IndexArray
+    ) -> tuple[FloatArray, FloatArray, Ranked | None]:
+        """``(hidden, new_state, top-k or None when k == 0)`` of one event, in one model call."""
         base = state if state is not None else np.zeros(self._state_shape, dtype=np.float32)
-        if self._batcher is not None and self._in_flight > 1:
-            return await self._batcher.step(index, base)
-        with telemetry.MODEL_STEP.time():
-            hidden, states = self.stepper.step(np.asarray([index], dtype=np.int64), base[None])
-        return hidden[0], states[0]
+        batcher = self._batcher if self._in_flight > 1 else None
+        if k == 0:
+            if batcher is not None:
+                return (*await batcher.step(index, base), None)
+            with telemetry.MODEL_STEP.time():
+                hidden, states = self.stepper.step(np.asarray([index], dtype=np.int64), base[None])
+            return hidden[0], states[0], None
+        if batcher is not None:
+            hidden_row, state_row, (indices, scores) = await batcher.step_top_k(
+                index, base, k, exclude
+            )
+            return hidden_row, state_row, self._named(indices, scores)
+        with telemetry.MODEL_STEP_SCORE.time():
+            hidden, states, ranked = self.stepper.step_top_k(
+                np.asarray([index], dtype=np.int64), base[None], k, [exclude]
+            )
+        return hidden[0], states[0], self._named(*ranked[0])
+
+    def _named(self, indices: IndexArray, scores: FloatArray) -> Ranked:
+        ids = self.item_ids
+        return [(ids[i - 1], s) for i, s in zip(indices.tolist(), scores.tolist(), strict=True)]
 
     async def _commit(
-        self, event: Event, index: int | None, token: str, history: bool
-    ) -> tuple[WriteResult, Snapshot, FloatArray | None]:
+        self, event: Event, index: int | None, token: str, ranking: "Ranking"
+    ) -> tuple[WriteResult, Snapshot, FloatArray | None, Ranked | None]:
         """Read → step → check-and-write, retried while another writer got there first.
 
         The read is skipped when this worker wrote the user last (service.state_cache); a
         refused write answers with the current record, so a retry needs no read either.
         """
-        cached = self._cache.get(event.user_id, history)
+        cached = self._cache.get(event.user_id, ranking.exclude_seen)
         snap = cached.snapshot if cached is not None and not self._stale(cached.snapshot) else None
         expected_token = cached.token if snap is not None and cached is not None else ""
+        seen = cached.seen if snap is not None and cached is not None else None
         outcome = telemetry.CACHE_FRESH if expected_token else telemetry.CACHE_MISS
         attempt = 0  # only races with other writers count against the retry budget
         try:
             while attempt < self._max_retries:
                 if snap is None:
-                    snap = await self._load(event.user_id, event.event_id, history)
-                    expected_token = ""
-                result, hidden = await self._attempt(event, index, token, snap, expected_token)
+                    snap = await self._load(event.user_id, event.event_id, ranking.exclude_seen)
+                    expected_token, seen = "", None
+                result, hidden, ranked = await self._attempt(
+                    event, index, token, snap, expected_token, ranking, seen
+                )
                 if result.status != WriteStatus.CONFLICT:
                     if result.status != WriteStatus.DUPLICATE or not expected_token:
-                        return result, snap, hidden
+                        return result, snap, hidden, ranked
                     # The duplicate may be newer than this worker's copy: read the record.
                     snap, outcome = None, telemetry.CACHE_MISS
                     continue
@@ -155,7 +213,7 @@ class Engine:
                     # Jittered exponential backoff so competing workers do not collide again.
                     await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
                     attempt += 1
-                snap, expected_token = self._usable(result.record), ""
+                snap, expected_token, seen = self._usable(result.record), "", None
         finally:
             outcome.inc()
         raise ContentionError(
@@ -163,17 +221,27 @@ class Engine:
         )
 
     async def _attempt(
-        self, event: Event, index: int | None, token: str, snap: Snapshot, expected_token: str
-    ) -> tuple[WriteResult, FloatArray | None]:
-        """One step from ``snap`` and its check-and-write: ``(result, hidden)``.
+        self, event: Event, index: int | None, token: str, snap: Snapshot, expected_token: str,
+        ranking: "Ranking", seen: IndexArray | None,
+    ) -> tuple[WriteResult, FloatArray | None, Ranked | None]:  # fmt: skip
+        """One step (and top-k, when asked for) from ``snap`` and its check-and-write:
+        ``(result, hidden, top-k or None)``. ``seen`` is :meth:`_known` of ``snap``'s history
+        when this worker has it at hand (None: mapped here when needed).
 
         A snapshot that already saw the event id is answered DUPLICATE without a write.
         """
         state, hidden, rebuilt = self._current(snap)
         if snap.duplicate:
-            return WriteResult(WriteStatus.DUPLICATE, snap.events_applied, snap.version), hidden
+            duplicate = WriteResult(WriteStatus.DUPLICATE, snap.events_applied, snap.version)
+            return duplicate, hidden, None
+        if snap.history_loaded and seen is None:
+            seen = self._known(snap.history)
+        ranked = None
         if index is not None:
-            hidden, state = await self._step(index, state)
+            exclude = NOTHING
+            if ranking.k > 0 and ranking.exclude_seen and seen is not None:
+                exclude = _appended(seen, index)  # the history and the item just seen
+            hidden, state, ranked = await self._step(index, state, ranking.k, exclude)
         write_state = state is not None and (index is not None or rebuilt)
         write = Write(
             expected_version=snap.version,
@@ -189,10 +257,11 @@ class Engine:
         )
         result = await self.store.write(event.user_id, write, refresh=snap.history_loaded)
         if result.status in (WriteStatus.WRITTEN, WriteStatus.ALREADY_WRITTEN):
-            self._cache.put(event.user_id, snap, write, result)
+            seen_after = None if seen is None else self._seen_after(seen, snap.history, index)
+            self._cache.put(event.user_id, snap, write, result, seen_after)
             if rebuilt and result.status == WriteStatus.WRITTEN:
                 telemetry.STATE_REBUILDS.inc()
-        return result, hidden
+        return result, hidden, ranked
 
     def _usable(self, record: Snapshot | None) -> Snapshot | None:
         """A conflict's record, unless it must be rebuilt and came without the history."""
@@ -216,11 +285,13 @@ class Engine:
 
     async def _apply(self, event: Event, k: int, exclude_seen: bool) -> Applied:
         index = self._index.get(event.item_id)
+        # The history is read only to mask seen items: a k=0 event stays O(1).
+        ranking = Ranking(k, k > 0 and exclude_seen)
         try:
             async with self._lock(event.user_id):
-                # The history is read only to mask seen items: a k=0 event stays O(1).
-                history = k > 0 and exclude_seen
-                result, snap, hidden = await self._commit(event, index, self._token(), history)
+                result, snap, hidden, ranked = await self._commit(
+                    event, index, self._token(), ranking
+                )
         except (RedisError, ContentionError):
             telemetry.EVENTS.labels("rejected").inc()
             raise
@@ -229,19 +300,18 @@ class Engine:
             "duplicate" if duplicate else None if index is not None else "unknown_item"
         )
         telemetry.event_counter(reason or "applied").inc()
-        recommendations = None
-        if k > 0:
+        if k > 0 and (ranked is None or duplicate):  # no step ranked it: rank the stored hidden
             seen = snap.history if duplicate else [*snap.history, event.item_id]
-            _, recommendations = await self._top_k(hidden, k, seen if exclude_seen else [])
+            _, ranked = await self._top_k(hidden, k, self._known(seen) if exclude_seen else NOTHING)
         return Applied(
-            event.user_id, reason, result.events_applied, self.model_version, recommendations
-        )
+            event.user_id, reason, result.events_applied, self.model_version,
+            ranked if k > 0 else None,
+        )  # fmt: skip
 
     async def _top_k(
-        self, hidden: FloatArray | None, k: int, seen: Sequence[str]
+        self, hidden: FloatArray | None, k: int, exclude: IndexArray
     ) -> tuple[bool, Ranked]:
         """(cold_start, items): the model's top-k for ``hidden``, or the cold-start list."""
-        exclude = self._known(seen)
         if hidden is not None and self._batcher is not None and self._in_flight > 1:
             indices, scores = await self._batcher.top_k(hidden, k, exclude)
         else:
@@ -251,9 +321,7 @@ class Engine:
                     indices, scores = top_k_numpy(self._cold_scores, k, exclude)
                 else:
                     indices, scores = self.stepper.top_k(hidden[None], k, [exclude])[0]
-        ids = self.item_ids
-        ranked = [(ids[i - 1], s) for i, s in zip(indices.tolist(), scores.tolist(), strict=True)]
-        return hidden is None, ranked
+        return hidden is None, self._named(indices, scores)
 
     async def recommend(self, user_id: str, k: int, exclude_seen: bool) -> Recommendations:
         """Top-k for a user's stored state (rebuilt once if it belongs to another model)."""
@@ -270,7 +338,8 @@ class Engine:
             result = await self.store.write(user_id, write, operation="rebuild")
             if result.status == WriteStatus.WRITTEN:  # a concurrent writer rebuilt it already
                 telemetry.STATE_REBUILDS.inc()
-        cold, items = await self._top_k(hidden, k, snap.history if exclude_seen else [])
+        exclude = self._known(snap.history) if exclude_seen else NOTHING
+        cold, items = await self._top_k(hidden, k, exclude)
         return Recommendations(
             user_id=user_id,
             model_version=self.model_version,

@@ -31,9 +31,10 @@ from service.numba_kernels import (
     KERNELS,
     select_top_k_kernel,
     step_kernel,
+    step_top_k_kernel,
     top_k_kernel,
 )
-from service.runtime import FloatArray, IndexArray, TorchRebuilds, top_k_numpy
+from service.runtime import Exclusion, FloatArray, IndexArray, TorchRebuilds, top_k_numpy
 
 logger = logging.getLogger("service")
 
@@ -88,12 +89,12 @@ def _writable(array: NDArray[np.generic], dtype: type[ScalarT]) -> NDArray[Scala
         and array.flags.c_contiguous
         and array.flags.writeable
     ):
-        return array  # type: ignore[return-value]  # checked just above; np.require is 4× slower
-    writable: NDArray[ScalarT] = np.require(array, dtype=dtype, requirements=["C", "W"])
+        return array  # type: ignore[return-value]  # checked just above
+    writable: NDArray[ScalarT] = np.array(array, dtype=dtype, order="C")  # a copy
     return writable
 
 
-def _concatenated(lists: Sequence[Sequence[int]]) -> tuple[IndexArray, IndexArray]:
+def _concatenated(lists: Sequence[Exclusion]) -> tuple[IndexArray, IndexArray]:
     """Every list back to back, and where each starts (``len(lists) + 1`` offsets)."""
     if len(lists) == 1:  # the service's per-event call: no cumulative sums needed
         flat = np.array(lists[0], dtype=np.int64).reshape(-1)
@@ -102,6 +103,25 @@ def _concatenated(lists: Sequence[Sequence[int]]) -> tuple[IndexArray, IndexArra
     np.cumsum([len(entries) for entries in lists], out=starts[1:])
     flat = np.fromiter(chain.from_iterable(lists), np.int64, int(starts[-1]))
     return flat, starts
+
+
+def _selection(rows: int, k: int) -> tuple[IndexArray, FloatArray, IndexArray]:
+    """Empty ``(top_items [rows, k], top_scores [rows, k], counts [rows])`` for a kernel."""
+    return (
+        np.empty((rows, k), dtype=np.int64),
+        np.empty((rows, k), dtype=np.float32),
+        np.empty(rows, dtype=np.int64),
+    )
+
+
+def _ranked(
+    top_items: IndexArray, top_scores: FloatArray, counts: IndexArray, k: int
+) -> list[tuple[IndexArray, FloatArray]]:
+    """Each row's kept ``(items, scores)``: ``counts[row]`` of its ``k`` slots."""
+    kept = counts.tolist()
+    if kept.count(k) == len(kept):  # the usual case: whole rows (half the cost of slicing each)
+        return list(zip(top_items, top_scores, strict=True))
+    return [(top_items[row, :count], top_scores[row, :count]) for row, count in enumerate(kept)]
 
 
 class NumbaStepper(TorchRebuilds):
@@ -152,6 +172,7 @@ class NumbaStepper(TorchRebuilds):
                     states = np.zeros((rows, *self._state_shape), dtype=np.float32)
                     hidden, _ = self.step(np.ones(rows, dtype=np.int64), states)
                     self.top_k(hidden, 1, [[1]] * rows)
+                    self.step_top_k(np.ones(rows, dtype=np.int64), states, 1, [[1]] * rows)
                 return
             except OSError as error:
                 if attempt == len(KERNELS):
@@ -162,7 +183,7 @@ class NumbaStepper(TorchRebuilds):
     def state_shape(self) -> tuple[int, ...]:
         return self._state_shape
 
-    def step(self, items: IndexArray, states: FloatArray) -> tuple[FloatArray, FloatArray]:
+    def _step_inputs(self, items: IndexArray, states: FloatArray) -> tuple[IndexArray, FloatArray]:
         items = _writable(items, np.int64)
         states = _writable(states, np.float32)
         if items.ndim != 1 or states.shape != (len(items), *self._state_shape):
@@ -170,6 +191,10 @@ class NumbaStepper(TorchRebuilds):
                 f"items {items.shape} and states {states.shape}; expected [b] and "
                 f"{['b', *self._state_shape]}"
             )
+        return items, states
+
+    def step(self, items: IndexArray, states: FloatArray) -> tuple[FloatArray, FloatArray]:
+        items, states = self._step_inputs(items, states)
         hidden = np.empty((len(items), self._width), dtype=np.float32)
         new_states = np.empty_like(states)
         step = batched_step if len(items) >= BLAS_MIN_ROWS else step_kernel
@@ -177,6 +202,34 @@ class NumbaStepper(TorchRebuilds):
         if failed >= 0:
             raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
         return hidden, new_states
+
+    def step_top_k(
+        self, items: IndexArray, states: FloatArray, k: int, exclude: Sequence[Exclusion]
+    ) -> tuple[FloatArray, FloatArray, list[tuple[IndexArray, FloatArray]]]:
+        """:meth:`step`, then :meth:`top_k` of its hidden vectors: one compiled call below
+        :data:`BLAS_MIN_ROWS` rows with ``k`` ≤ :data:`FUSED_MAX_K` (an event's whole model
+        work in one dispatch), the two calls otherwise."""
+        k = max(0, min(k, len(self._table) - 1))
+        if len(items) >= BLAS_MIN_ROWS or not 0 < k <= FUSED_MAX_K:
+            hidden, new_states = self.step(items, states)
+            return hidden, new_states, self.top_k(hidden, k, exclude)
+        items, states = self._step_inputs(items, states)
+        rows = len(items)
+        if len(exclude) != rows:
+            raise ValueError(f"{len(exclude)} exclusion lists for {rows} rows")
+        hidden = np.empty((rows, self._width), dtype=np.float32)
+        new_states = np.empty_like(states)
+        flat, starts = _concatenated(exclude)
+        top_items, top_scores, counts = _selection(rows, k)
+        failed = step_top_k_kernel(
+            items, states, hidden, new_states, self._table, *self._weights, self._eps,
+            self._bias, flat, starts, k, top_items, top_scores, counts, *self._floors_of(k),
+        )  # fmt: skip
+        if 0 <= failed < rows:
+            raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
+        if failed >= rows:
+            raise IndexError(f"excluded index outside the vocabulary in row {failed - rows}")
+        return hidden, new_states, _ranked(top_items, top_scores, counts, k)
 
     def scores(self, hidden: FloatArray) -> FloatArray:
         """Scores ``[b, v]``; column 0 is -inf, as the other backends' score paths."""
@@ -186,7 +239,7 @@ class NumbaStepper(TorchRebuilds):
         return scores
 
     def top_k(
-        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+        self, hidden: FloatArray, k: int, exclude: Sequence[Exclusion]
     ) -> list[tuple[IndexArray, FloatArray]]:
         """Exact top-k per row; column 0, excluded items and non-finite scores never returned.
 
@@ -211,13 +264,8 @@ class NumbaStepper(TorchRebuilds):
         if k > FUSED_MAX_K:
             return self._top_k_partial_sort(hidden, k, exclude)
         flat, starts = _concatenated(exclude)
-        top_items = np.empty((rows, k), dtype=np.int64)
-        top_scores = np.empty((rows, k), dtype=np.float32)
-        counts = np.empty(rows, dtype=np.int64)
-        floors = self._floors.get(k)
-        if floors is None:  # k ≤ FUSED_MAX_K here: at most 32 pairs of a few bytes
-            floors = np.full(FLOOR_ROWS, np.inf, np.float32), np.zeros(1, np.int64)
-            self._floors[k] = floors
+        top_items, top_scores, counts = _selection(rows, k)
+        floors = self._floors_of(k)
         if rows < BLAS_MIN_ROWS:
             failed = top_k_kernel(
                 hidden, self._table, self._bias, flat, starts, k,
@@ -229,10 +277,15 @@ class NumbaStepper(TorchRebuilds):
             )
         if failed >= 0:
             raise IndexError(f"excluded index outside the vocabulary in row {failed}")
-        kept = counts.tolist()
-        if kept.count(k) == rows:  # the usual case: whole rows (half the cost of slicing each)
-            return list(zip(top_items, top_scores, strict=True))
-        return [(top_items[row, :count], top_scores[row, :count]) for row, count in enumerate(kept)]
+        return _ranked(top_items, top_scores, counts, k)
+
+    def _floors_of(self, k: int) -> tuple[FloatArray, IndexArray]:
+        """The selection's memory of recent k-th best scores for ``k`` (``numba_kernels._rank``)."""
+        floors = self._floors.get(k)
+        if floors is None:  # k ≤ FUSED_MAX_K here: at most 32 pairs of a few bytes
+            floors = np.full(FLOOR_ROWS, np.inf, np.float32), np.zeros(1, np.int64)
+            self._floors[k] = floors
+        return floors
 
     def _select_blas(
         self,
@@ -259,7 +312,7 @@ class NumbaStepper(TorchRebuilds):
         return -1
 
     def _top_k_partial_sort(
-        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+        self, hidden: FloatArray, k: int, exclude: Sequence[Exclusion]
     ) -> list[tuple[IndexArray, FloatArray]]:
         """Large ``k``: BLAS scores in row chunks, then a partial sort per row."""
         vocab = len(self._table)

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from model import Artifact, LRURec
 from model.export import export_onnx
-from service.runtime import FloatArray, IndexArray, TorchRebuilds
+from service.runtime import Exclusion, FloatArray, IndexArray, TorchRebuilds, step_then_top_k
 
 MAX_BOUND_BATCH = 16
 """Batch sizes up to this keep their own IO binding (faster at batch 1 and 8 in A/B runs); at
@@ -194,7 +194,7 @@ class OnnxStepper(TorchRebuilds):
         return scores
 
     def top_k(
-        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+        self, hidden: FloatArray, k: int, exclude: Sequence[Exclusion]
     ) -> list[tuple[IndexArray, FloatArray]]:
         """Exact top-k per row by the rank graph; excluded items are masked in-graph."""
         width = max((len(excluded) for excluded in exclude), default=0)
@@ -212,3 +212,8 @@ class OnnxStepper(TorchRebuilds):
             keep = np.isfinite(row_scores)  # fewer than k items left after the exclusions
             results.append((row_items[keep].astype(np.int64), row_scores[keep]))
         return results
+
+    def step_top_k(
+        self, items: IndexArray, states: FloatArray, k: int, exclude: Sequence[Exclusion]
+    ) -> tuple[FloatArray, FloatArray, list[tuple[IndexArray, FloatArray]]]:
+        return step_then_top_k(self, items, states, k, exclude)

@@ -30,7 +30,7 @@ from model import Artifact
 from model.quantized_scoring import TwoStageTopK
 from model.quantized_table import ZERO_POINT, QuantizedTable, reference_scores
 from service import telemetry
-from service.runtime import FloatArray, IndexArray, Stepper
+from service.runtime import Exclusion, FloatArray, IndexArray, Stepper, step_then_top_k
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -171,12 +171,13 @@ class QuantizedStepper:
         return self._inner.scores(hidden)
 
     def top_k(
-        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+        self, hidden: FloatArray, k: int, exclude: Sequence[Exclusion]
     ) -> list[tuple[IndexArray, FloatArray]]:
         stats = self.scorer.stats
+        excluded_lists = [np.asarray(excluded, dtype=np.int64).tolist() for excluded in exclude]
         with self._lock, torch.inference_mode():
             rows, fallbacks = stats.rows, stats.fallbacks
-            values, indices = self.scorer(torch.from_numpy(np.array(hidden)), k, exclude)
+            values, indices = self.scorer(torch.from_numpy(np.array(hidden)), k, excluded_lists)
             fell_back = stats.fallbacks - fallbacks
             telemetry.QUANTIZED_TWO_STAGE.inc(stats.rows - rows - fell_back)
             telemetry.QUANTIZED_FALLBACK.inc(fell_back)
@@ -185,6 +186,11 @@ class QuantizedStepper:
             keep = np.isfinite(row_values)  # fewer than k items left after the exclusions
             results.append((row_indices[keep].astype(np.int64), row_values[keep]))
         return results
+
+    def step_top_k(
+        self, items: IndexArray, states: FloatArray, k: int, exclude: Sequence[Exclusion]
+    ) -> tuple[FloatArray, FloatArray, list[tuple[IndexArray, FloatArray]]]:
+        return step_then_top_k(self, items, states, k, exclude)
 
 
 def with_quantized_scoring(stepper: Stepper, artifact: Artifact, settings: Settings) -> Stepper:

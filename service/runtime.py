@@ -20,6 +20,8 @@ logger = logging.getLogger("service")
 
 FloatArray = NDArray[np.float32]
 IndexArray = NDArray[np.int64]
+Exclusion = Sequence[int] | IndexArray
+"""Item indices that one user must not be recommended."""
 
 
 class Stepper(Protocol):
@@ -52,10 +54,26 @@ class Stepper(Protocol):
         ...
 
     def top_k(
-        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+        self, hidden: FloatArray, k: int, exclude: Sequence[Exclusion]
     ) -> list[tuple[IndexArray, FloatArray]]:
         """Best ``k`` item indices per user, never 0 nor an excluded index, best first."""
         ...
+
+    def step_top_k(
+        self, items: IndexArray, states: FloatArray, k: int, exclude: Sequence[Exclusion]
+    ) -> tuple[FloatArray, FloatArray, list[tuple[IndexArray, FloatArray]]]:
+        """:meth:`step`, then :meth:`top_k` of the new hidden vectors (one call where the
+        backend fuses them): ``(hidden [b, d], new_states, best k per user)``."""
+        ...
+
+
+def step_then_top_k(
+    stepper: Stepper, items: IndexArray, states: FloatArray, k: int,
+    exclude: Sequence[Exclusion],
+) -> tuple[FloatArray, FloatArray, list[tuple[IndexArray, FloatArray]]]:  # fmt: skip
+    """:meth:`Stepper.step_top_k` as two calls, for backends without a fused one."""
+    hidden, new_states = stepper.step(items, states)
+    return hidden, new_states, stepper.top_k(hidden, k, exclude)
 
 
 def top_k_numpy(
@@ -127,13 +145,13 @@ class TorchStepper:
             return self._numpy(self._model.score(self._tensor(hidden)))
 
     def top_k(
-        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+        self, hidden: FloatArray, k: int, exclude: Sequence[Exclusion]
     ) -> list[tuple[IndexArray, FloatArray]]:
         with torch.inference_mode():
             scores = self._model.score(self._tensor(hidden))  # [b, v]
             scores[:, 0] = -torch.inf
             for row, excluded in enumerate(exclude):
-                if excluded:
+                if len(excluded):
                     scores[row, self._tensor(np.asarray(excluded, dtype=np.int64))] = -torch.inf
             width = min(k, scores.shape[1] - 1)
             values, indices = torch.topk(scores, width, dim=1)  # [b, width], sorted
@@ -144,6 +162,11 @@ class TorchStepper:
             keep = np.isfinite(row_values)  # fewer than k items left after the exclusions
             results.append((row_indices[keep].astype(np.int64), row_values[keep]))
         return results
+
+    def step_top_k(
+        self, items: IndexArray, states: FloatArray, k: int, exclude: Sequence[Exclusion]
+    ) -> tuple[FloatArray, FloatArray, list[tuple[IndexArray, FloatArray]]]:
+        return step_then_top_k(self, items, states, k, exclude)
 
 
 class TorchRebuilds:

@@ -16,6 +16,7 @@ at most ``capacity`` users, least recently used dropped first.
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+from service.runtime import IndexArray
 from service.store import Snapshot, Write, WriteResult
 
 
@@ -25,6 +26,8 @@ class Cached:
 
     snapshot: Snapshot
     token: str
+    seen: IndexArray | None = None
+    """The model's indices of the snapshot's history items (when loaded), in order."""
 
 
 class StateCache:
@@ -46,8 +49,12 @@ class StateCache:
         self._entries.move_to_end(user_id)
         return entry
 
-    def put(self, user_id: str, before: Snapshot, write: Write, result: WriteResult) -> None:
-        """Remember the record that ``write`` (applied to ``before``) left in Redis."""
+    def put(
+        self, user_id: str, before: Snapshot, write: Write, result: WriteResult,
+        seen: IndexArray | None = None,
+    ) -> None:  # fmt: skip
+        """Remember the record that ``write`` (applied to ``before``) left in Redis, and
+        ``seen``, the model's indices of its history's items."""
         if not self._capacity:
             return
         history = before.history
@@ -65,7 +72,7 @@ class StateCache:
             history=history,
             duplicate=False,
         )
-        self._entries[user_id] = Cached(after, write.token)
+        self._entries[user_id] = Cached(after, write.token, seen)
         self._entries.move_to_end(user_id)
         if len(self._entries) > self._capacity:
             self._entries.popitem(last=False)

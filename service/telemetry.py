@@ -66,6 +66,11 @@ MODEL_STEP_SECONDS = Histogram(
 SCORE_SECONDS = Histogram(
     "lrurec_score_seconds", "Scoring the catalogue plus top-k.", buckets=LATENCY_BUCKETS
 )
+MODEL_STEP_SCORE_SECONDS = Histogram(
+    "lrurec_model_step_score_seconds",
+    "One recurrent step, then scoring plus top-k, as one fused model call (an event with k > 0).",
+    buckets=LATENCY_BUCKETS,
+)
 REDIS_SECONDS = Histogram(
     "lrurec_redis_seconds", "Redis round trip by operation.", ["operation"], buckets=LATENCY_BUCKETS
 )
@@ -198,6 +203,7 @@ async def flush_periodically() -> None:
 
 MODEL_STEP = BufferedHistogram(MODEL_STEP_SECONDS)
 SCORE = BufferedHistogram(SCORE_SECONDS)
+MODEL_STEP_SCORE = BufferedHistogram(MODEL_STEP_SCORE_SECONDS)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ import pytest
 
 from model import load_artifact
 from service.batching import MicroBatcher
-from service.runtime import FloatArray, IndexArray, TorchStepper
+from service.runtime import Exclusion, FloatArray, IndexArray, TorchStepper
 from tests.service.conftest import ClientFactory
 
 
@@ -26,7 +26,7 @@ class CountingStepper(TorchStepper):
         return super().step(items, states)
 
     def top_k(
-        self, hidden: FloatArray, k: int, exclude: Sequence[Sequence[int]]
+        self, hidden: FloatArray, k: int, exclude: Sequence[Exclusion]
     ) -> list[tuple[IndexArray, FloatArray]]:
         self.top_k_batches.append(len(hidden))
         return super().top_k(hidden, k, exclude)
@@ -98,3 +98,32 @@ def test_the_service_answers_the_same_with_micro_batching(make_client: ClientFac
             [i["score"] for i in plain["recommendations"]],
             [i["score"] for i in batched["recommendations"]], rtol=1e-5,
         )  # fmt: skip
+
+
+def test_concurrent_step_top_ks_are_batched_and_equal_unbatched(tiny_artifact: Path) -> None:
+    stepper = CountingStepper(tiny_artifact)
+    rng = np.random.default_rng(1)
+    n_items = len(load_artifact(tiny_artifact).item_ids)
+    users = 70
+    items = rng.integers(1, n_items + 1, users)
+    states = rng.standard_normal((users, *stepper.state_shape)).astype(np.float32)
+    ks = rng.integers(1, 6, users)
+    excludes = [rng.integers(1, n_items + 1, 3) for _ in range(users)]
+
+    async def batched() -> list[tuple[FloatArray, FloatArray, tuple[IndexArray, FloatArray]]]:
+        batcher = MicroBatcher(stepper)
+        calls = [
+            batcher.step_top_k(int(items[u]), states[u], int(ks[u]), excludes[u])
+            for u in range(users)
+        ]
+        return await asyncio.gather(*calls)
+
+    results = asyncio.run(batched())
+    assert stepper.step_batches == [64, 6]  # one step and one ranking per batch
+    assert stepper.top_k_batches == [64, 6]
+    for u, (hidden, state, (indices, scores)) in enumerate(results):
+        alone = stepper.step_top_k(items[u : u + 1], states[u : u + 1], int(ks[u]), [excludes[u]])
+        np.testing.assert_allclose(hidden, alone[0][0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(state, alone[1][0], rtol=1e-5, atol=1e-5)
+        assert indices.tolist() == alone[2][0][0].tolist()
+        np.testing.assert_allclose(scores, alone[2][0][1], rtol=1e-5, atol=1e-5)

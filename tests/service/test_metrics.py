@@ -12,6 +12,7 @@ CONTRACT = {
     "lrurec_http_request_duration_seconds": "histogram",
     "lrurec_model_step_seconds": "histogram",
     "lrurec_score_seconds": "histogram",
+    "lrurec_model_step_score_seconds": "histogram",
     "lrurec_redis_seconds": "histogram",
     "lrurec_batch_size": "histogram",
     "lrurec_events_total": "counter",
@@ -75,9 +76,12 @@ def test_counters_and_histograms_move_with_traffic(client: TestClient) -> None:
     assert delta("lrurec_errors_total", kind="validation") == 1
     assert delta("lrurec_cold_starts_total") >= 1
     # 4 applied events, plus the duplicate's step: from the worker's copy of m1 the duplicate
-    # is only found by the write, which refuses it (service.state_cache).
-    assert delta("lrurec_model_step_seconds_count") == 5
-    assert delta("lrurec_score_seconds_count") >= 4
+    # is only found by the write, which refuses it (service.state_cache). Single events with
+    # k > 0 step and rank in one fused call; the batch's k = 0 events only step.
+    assert delta("lrurec_model_step_score_seconds_count") == 2
+    assert delta("lrurec_model_step_seconds_count") == 3
+    # Ranked apart: the unknown item's stored state, the duplicate's and the new user's.
+    assert delta("lrurec_score_seconds_count") == 3
     assert delta("lrurec_batch_size_count") == 1
     assert delta("lrurec_batch_size_sum") == 3
     # Reads: m1's first event, the duplicate (this worker's copy may predate it), the GET and

@@ -362,6 +362,7 @@ for rows in (1, 3, 9):
     hidden, states = stepper.step(items, np.zeros((rows, *stepper.state_shape), np.float32))
     hidden, _ = stepper.step(items, states)
     stepper.top_k(hidden, 5, [[1, 2, 3]] * rows)
+    stepper.step_top_k(items, states, 5, [[1, 2, 3]] * rows)
 print("ok")
 """
 
@@ -378,3 +379,43 @@ def test_numba_kernels_stay_inside_their_arrays(tiny_artifact: Path, tmp_path: P
     probe = subprocess.run(command, env=environment, cwd=root, capture_output=True, text=True)
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert probe.stdout.split()[-1] == "ok"
+
+
+@pytest.mark.parametrize("rows", [1, 3, 9])  # one compiled call below 8 rows, BLAS from 8
+@pytest.mark.parametrize("k", [1, 10, 40])  # 40: above the kernels' insertion limit
+def test_numba_step_top_k_equals_a_step_then_a_top_k(
+    tiny_artifact: Path, rows: int, k: int
+) -> None:
+    stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
+    reference = build_stepper("torch", load_artifact(tiny_artifact), "cpu")
+    rng = np.random.default_rng(rows * 100 + k)
+    state = rng.standard_normal((rows, *stepper.state_shape)).astype(np.float32)
+    read_only = np.frombuffer(state.tobytes(), np.float32).reshape(state.shape)  # as from Redis
+    items = rng.integers(1, TINY_N_ITEMS + 1, rows)
+    exclude = [rng.integers(1, TINY_N_ITEMS + 1, row * 3).astype(np.int64) for row in range(rows)]
+    hidden, new_states, ranked = stepper.step_top_k(items, read_only, k, exclude)
+    expected_hidden, expected_states = stepper.step(items, state)
+    np.testing.assert_array_equal(hidden, expected_hidden)
+    np.testing.assert_array_equal(new_states, expected_states)
+    separate = stepper.top_k(expected_hidden, k, exclude)
+    torch_hidden, _, torch_ranked = reference.step_top_k(items, state, k, exclude)
+    np.testing.assert_allclose(hidden, torch_hidden, atol=1e-5)
+    for row in range(rows):
+        assert ranked[row][0].tolist() == separate[row][0].tolist()
+        np.testing.assert_array_equal(ranked[row][1], separate[row][1])
+        assert ranked[row][0].tolist() == torch_ranked[row][0].tolist()
+        np.testing.assert_allclose(ranked[row][1], torch_ranked[row][1], atol=SCORE_TOLERANCE)
+        assert not set(ranked[row][0].tolist()) & {0, *exclude[row].tolist()}
+
+
+def test_numba_step_top_k_refuses_bad_items_and_exclusions(tiny_artifact: Path) -> None:
+    stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
+    states = np.zeros((2, *stepper.state_shape), np.float32)
+    with pytest.raises(IndexError, match="outside the model's vocabulary"):
+        stepper.step_top_k(np.array([1, TINY_N_ITEMS + 1]), states, 5, [[], []])
+    with pytest.raises(IndexError, match="row 1"):
+        stepper.step_top_k(np.array([1, 2]), states, 5, [[1], [TINY_N_ITEMS + 1]])
+    with pytest.raises(ValueError, match="exclusion lists"):
+        stepper.step_top_k(np.array([1, 2]), states, 5, [[1]])
+    with pytest.raises(ValueError, match="expected"):
+        stepper.step_top_k(np.array([1]), states, 5, [[]])

@@ -12,6 +12,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service import telemetry
+from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
 from tests.service.conftest import ClientFactory
 from tests.service.offline import load_model, stepped, stored_state
 
@@ -161,3 +162,27 @@ def test_concurrent_mixed_requests_are_each_answered_correctly(
         assert unknown["events_applied"] == 0
         assert "body.item_id" in bad["message"]
         assert_stored_state_is_history_stepped(first, redis_client, tiny_artifact, "m-stale", 3)
+
+
+def test_seen_items_stay_excluded_as_the_history_is_trimmed(
+    make_client: ClientFactory, make_artifact: ArtifactFactory
+) -> None:
+    """The worker keeps each user's seen item indices next to its copy (no mapping of the
+    whole history per event); they must follow the stored list as it is trimmed."""
+    rng = np.random.default_rng(5)
+    every_item = set(TINY_ITEM_IDS)
+    with make_client(artifact=make_artifact(max_len=6)) as client:
+        for n in range(40):
+            stored = client.get("/users/trim").json()["recent_items"] if n else []
+            item = "not-an-item" if n % 7 == 3 else f"item-{rng.integers(1, TINY_N_ITEMS + 1)}"
+            k = TINY_N_ITEMS if n % 2 else 5  # every item left (partial sort), or a few (fused)
+            event = {"user_id": "trim", "item_id": item}
+            answer = client.post("/events", json=event, params={"k": k})
+            assert answer.status_code == 200, answer.text
+            recommended = {entry["item_id"] for entry in answer.json()["recommendations"]}
+            allowed = every_item - {*stored, item}
+            if k == TINY_N_ITEMS:
+                assert recommended == allowed, n
+            else:
+                assert recommended <= allowed, n
+                assert len(recommended) == 5, n
