@@ -107,11 +107,12 @@ def service_stepper(model: LRURec, backend: str, threads: int) -> Stepper:
 
 
 def lrurec_service_event(model: LRURec, batch: int, stepper: Stepper, seen: int = 50) -> Event:
-    """A backend as the service calls it: ``step``, then ``top_k`` without ``seen`` history items.
+    """A backend as the service calls it: ``step_top_k`` without ``seen`` history items.
 
     For onnx that is two graphs (the state graph, then the rank graph with the exclusions
-    in-graph), for numba two compiled kernels, as :class:`service.engine.Engine` calls them
-    around its Redis write. ``seen=0`` ranks every item: the same work as the fused onnx case.
+    in-graph), for numba one compiled call (step, then scoring + top-k), as
+    :class:`service.engine.Engine` calls it before its Redis write. ``seen=0`` ranks every
+    item: the same work as the fused onnx case.
     """
     n_items = model.config.n_items
     history = random_items(n_items, (batch, 50), seed=batch)
@@ -122,8 +123,7 @@ def lrurec_service_event(model: LRURec, batch: int, stepper: Stepper, seen: int 
     exclude = history[:, :seen].tolist()
 
     def event() -> object:
-        hidden, _ = stepper.step(items, states)
-        return stepper.top_k(hidden, K, exclude)
+        return stepper.step_top_k(items, states, K, exclude)
 
     return event
 
@@ -181,13 +181,14 @@ def lrurec_onnx_user(
 
 
 def lrurec_numba_user(model: LRURec, stepper: Stepper, n_events: int) -> Callable[[int], object]:
-    """One user's stream through the numba backend (step, then top-10 of every item)."""
+    """One user's stream through the numba backend (step, then top-10 of every item, in one
+    compiled call)."""
     items = random_items(model.config.n_items, (n_events, 1), seed=7).numpy()
     state: list[np.ndarray] = [np.zeros((1, *model.state_shape), dtype=np.float32)]
 
     def event(index: int) -> object:
-        hidden, state[0] = stepper.step(items[index], state[0])
-        return stepper.top_k(hidden, K, [[]])
+        _, state[0], ranked = stepper.step_top_k(items[index], state[0], K, [[]])
+        return ranked
 
     return event
 

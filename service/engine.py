@@ -107,13 +107,11 @@ class Engine:
         index = self._index
         return np.fromiter((index[item] for item in history if item in index), np.int64)
 
-    def _seen_after(
-        self, seen: IndexArray, history: Sequence[str], index: int | None
-    ) -> IndexArray:
-        """:meth:`_known` of the history once ``index``'s item is appended and the list is
-        trimmed to ``max_len`` as the store trims it, without mapping every item again."""
-        if index is not None:
-            seen = _appended(seen, index)
+    def _seen_after(self, appended: IndexArray, history: Sequence[str]) -> IndexArray:
+        """:meth:`_known` of ``history`` once an item is appended and the list is trimmed to
+        ``max_len`` as the store trims it, from ``appended`` (:meth:`_known` of the history and
+        the item), without mapping every item again."""
+        seen = appended
         dropped = len(history) + 1 - self.store.max_len
         if dropped > 0:  # the oldest items leave the stored list: their indices leave too
             known = self._index
@@ -236,11 +234,11 @@ class Engine:
             return duplicate, hidden, None
         if snap.history_loaded and seen is None:
             seen = self._known(snap.history)
+        # The history's item indices and the new item's: what this event's top-k excludes.
+        appended = seen if seen is None or index is None else _appended(seen, index)
         ranked = None
         if index is not None:
-            exclude = NOTHING
-            if ranking.k > 0 and ranking.exclude_seen and seen is not None:
-                exclude = _appended(seen, index)  # the history and the item just seen
+            exclude = appended if ranking.exclude_seen and appended is not None else NOTHING
             hidden, state, ranked = await self._step(index, state, ranking.k, exclude)
         write_state = state is not None and (index is not None or rebuilt)
         write = Write(
@@ -257,7 +255,7 @@ class Engine:
         )
         result = await self.store.write(event.user_id, write, refresh=snap.history_loaded)
         if result.status in (WriteStatus.WRITTEN, WriteStatus.ALREADY_WRITTEN):
-            seen_after = None if seen is None else self._seen_after(seen, snap.history, index)
+            seen_after = None if appended is None else self._seen_after(appended, snap.history)
             self._cache.put(event.user_id, snap, write, result, seen_after)
             if rebuilt and result.status == WriteStatus.WRITTEN:
                 telemetry.STATE_REBUILDS.inc()

@@ -20,11 +20,14 @@ under the route template ``/events`` as the metrics middleware would.
 import inspect
 import secrets
 import time
+from typing import cast
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from service.engine import Engine
 from service.limits import replay_body
@@ -70,13 +73,12 @@ class EventsFastPath:
         if body is None:  # no usable Content-Length or over the limit: the full app decides
             await self.app(scope, receive, send)
             return
-        query = self._query(scope["query_string"], engine.settings.default_k)
-        event = _event(body) if query is not None else None
-        if query is None or event is None:
+        request = self._parse(engine, scope, body)
+        if request is None:
             await self.app(scope, replay_body(body, receive), send)
             return
         try:
-            outcome = await engine.apply(event, *query)
+            outcome = await engine.apply(*request)
         except Exception as error:
             status = await self._error(scope, receive, send, error)
         else:
@@ -86,6 +88,50 @@ class EventsFastPath:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": payload})
         http_histogram(ROUTE, "POST", f"{status // 100}xx").observe(time.perf_counter() - start)
+
+    async def answer_cycle(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """Answer uvicorn's request ``cycle`` for a ``POST /events`` (:meth:`handles`) without
+        the ASGI interface: the response is written to the connection as one buffer.
+
+        Measured on one worker at 2,500 events/s: the ASGI round (``run_asgi``, the proxy-headers
+        middleware, ``receive`` and two ``send`` messages with their header checks) cost more
+        CPU per event than the Redis client. Anything this path would not answer itself (a
+        body still arriving, ``Expect: 100-continue``, a request :meth:`__call__` would hand to
+        the full app) is run through ``cycle.run_asgi(app)`` as uvicorn would have: the body is
+        still in the cycle, unread. An error once the engine was called is answered by the
+        app's exception handlers through the cycle's ``send``.
+        """
+        scope = cast(Scope, cycle.scope)
+        engine: Engine | None = getattr(self.service.state, "engine", None)
+        if (
+            engine is None or cycle.more_body or cycle.disconnected
+            or cycle.waiting_for_100_continue or not self._authorised(engine, scope)
+            or not _within(scope, len(cycle.body), engine.settings.max_body_bytes)
+        ):  # fmt: skip
+            await cycle.run_asgi(app)
+            return
+        start = time.perf_counter()
+        request = self._parse(engine, scope, bytes(cycle.body))
+        if request is None:
+            await cycle.run_asgi(app)
+            return
+        try:
+            outcome = await engine.apply(*request)
+        except Exception as error:  # answered by the app's own handlers (never run again)
+            receive, send = cast(Receive, cycle.receive), cast(Send, cycle.send)  # typed apart
+            status = await self._error(scope, receive, send, error)
+        else:
+            status = 200
+            await _write_json(cycle, outcome.json())
+        http_histogram(ROUTE, "POST", f"{status // 100}xx").observe(time.perf_counter() - start)
+
+    def _parse(self, engine: Engine, scope: Scope, body: bytes) -> tuple[Event, int, bool] | None:
+        """``(event, k, exclude_seen)``, or None when the full app must answer (422)."""
+        query = self._query(scope["query_string"], engine.settings.default_k)
+        event = _event(body) if query is not None else None
+        if query is None or event is None:
+            return None
+        return event, *query
 
     @staticmethod
     def _authorised(engine: Engine, scope: Scope) -> bool:
@@ -149,6 +195,35 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+def _within(scope: Scope, received: int, limit: int) -> bool:
+    """``Content-Length`` is present, within ``limit`` and matches the ``received`` body."""
+    declared = _header(scope, b"content-length")
+    return declared is not None and declared.isdigit() and int(declared) == received <= limit
+
+
+async def _write_json(cycle: RequestResponseCycle, payload: bytes) -> None:
+    """A 200 ``application/json`` response on ``cycle``'s connection, completing the cycle as
+    its ``send`` would (keep-alive or close, the next pipelined request, flow control)."""
+    if cycle.flow.write_paused and not cycle.disconnected:
+        await cycle.flow.drain()
+    if cycle.disconnected:  # as uvicorn's send: the client left, nothing to answer
+        return
+    cycle.response_started = True
+    head = [b"HTTP/1.1 200 OK\r\n"]
+    for name, value in cycle.default_headers:
+        head += [name, b": ", value, b"\r\n"]
+    head.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(payload))
+    if not cycle.keep_alive:
+        head.append(b"connection: close\r\n")
+    head += [b"\r\n", payload]
+    cycle.transport.write(b"".join(head))
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()
 
 
 def _event(body: bytes) -> Event | None:

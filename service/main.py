@@ -123,13 +123,13 @@ class ServiceApp(FastAPI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._fast_events = EventsFastPath(super().__call__, self)
+        self.fast_events = EventsFastPath(super().__call__, self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Ahead of FastAPI's own per-request work too (root path, telemetry checks).
         if EventsFastPath.handles(scope):
             scope["app"] = self
-            await self._fast_events(scope, receive, send)
+            await self.fast_events(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 

@@ -111,6 +111,10 @@ class WriteStatus(IntEnum):
     """This writer's token is already stored: a retried call whose first reply was lost."""
 
 
+WRITE_STATUSES = tuple(WriteStatus)
+"""Statuses by value (0…3): indexing is a fraction of an enum call, once per event."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One user's record as read in one round trip; ``version == 0`` means no record."""
@@ -255,7 +259,7 @@ class UserStore:
         ]  # fmt: skip
         with telemetry.redis_timer(operation):
             reply = await self._run(self._apply, self.keys(user_id), args)
-        result = WriteResult(WriteStatus(int(reply[0])), int(reply[1]), int(reply[2]))
+        result = WriteResult(WRITE_STATUSES[int(reply[0])], int(reply[1]), int(reply[2]))
         if len(reply) == 3:
             return result
         state, hidden, model_version, received, updated, items = reply[3:]
