@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
+from service.coalescing_transport import CoalescingTransport
 from service.engine import Engine
 from service.limits import replay_body
 from service.parsing import parse_event_query
@@ -218,7 +219,11 @@ async def _write_json(cycle: RequestResponseCycle, payload: bytes) -> None:
     if not cycle.keep_alive:
         head.append(b"connection: close\r\n")
     head += [b"\r\n", payload]
-    cycle.transport.write(b"".join(head))
+    transport = cycle.transport
+    if isinstance(transport, CoalescingTransport):  # one buffer already: no need to wait
+        transport.write_whole(b"".join(head))
+    else:
+        transport.write(b"".join(head))
     cycle.response_complete = True
     cycle.message_event.set()
     if not cycle.keep_alive:
