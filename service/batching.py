@@ -61,6 +61,8 @@ class _Queue(Generic[ResultT]):
             batch = waiting[start : start + MAX_BATCH]
             try:
                 results = self._run(batch)
+                if len(results) != len(batch):  # a broken backend: no row can be trusted
+                    raise ValueError(f"{len(results)} results for a batch of {len(batch)}")
             except Exception as error:  # every waiter gets the failure, none hangs
                 _fail([request.future for request in batch], error)
                 continue

@@ -17,7 +17,9 @@ for Redis, 500 otherwise), and the request is timed into ``lrurec_http_request_d
 under the route template ``/events`` as the metrics middleware would.
 """
 
+import asyncio
 import inspect
+import logging
 import secrets
 import time
 from typing import cast
@@ -31,10 +33,12 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
 from service.coalescing_transport import CoalescingTransport
 from service.engine import Engine
-from service.limits import replay_body
+from service.limits import declared_length, replay_body
 from service.parsing import parse_event_query
 from service.schemas import Event
 from service.telemetry import ASGIApp, Receive, Scope, Send, http_histogram
+
+logger = logging.getLogger("service")
 
 ROUTE = "/events"
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -91,6 +95,23 @@ class EventsFastPath:
         http_histogram(ROUTE, "POST", f"{status // 100}xx").observe(time.perf_counter() - start)
 
     async def answer_cycle(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        """:meth:`_answer_cycle` with uvicorn's ``run_asgi`` safety net: whatever escapes is
+        logged and answered with a 500 (or the connection closed when the answer had begun),
+        so no client is left waiting and the connection's next request still runs."""
+        try:
+            await self._answer_cycle(cycle, app)
+        except BaseException as error:
+            logger.error("exception answering POST /events", exc_info=error)
+            if not cycle.response_started and not cycle.disconnected:
+                await cycle.send_500_response()
+            else:
+                cycle.transport.close()
+            if isinstance(error, asyncio.CancelledError):
+                raise
+        finally:
+            cycle.on_response = lambda: None  # as run_asgi: drop the protocol's callback
+
+    async def _answer_cycle(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         """Answer uvicorn's request ``cycle`` for a ``POST /events`` (:meth:`handles`) without
         the ASGI interface: the response is written to the connection as one buffer.
 
@@ -116,6 +137,7 @@ class EventsFastPath:
         if request is None:
             await cycle.run_asgi(app)
             return
+        cycle.body = bytearray()  # as uvicorn's receive: no body kept with an idle connection
         try:
             outcome = await engine.apply(*request)
         except Exception as error:  # answered by the app's own handlers (never run again)
@@ -146,7 +168,8 @@ class EventsFastPath:
     async def _body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
         """The whole body when ``Content-Length`` is present and within ``limit``."""
         declared = _header(scope, b"content-length")
-        if declared is None or not declared.isdigit() or int(declared) > limit:
+        length = None if declared is None else declared_length(declared)
+        if length is None or length > limit:
             return None
         chunks = []
         while True:
@@ -201,7 +224,8 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 def _within(scope: Scope, received: int, limit: int) -> bool:
     """``Content-Length`` is present, within ``limit`` and matches the ``received`` body."""
     declared = _header(scope, b"content-length")
-    return declared is not None and declared.isdigit() and int(declared) == received <= limit
+    length = None if declared is None else declared_length(declared)
+    return length is not None and length == received <= limit
 
 
 async def _write_json(cycle: RequestResponseCycle, payload: bytes) -> None:

@@ -7,6 +7,7 @@ takes only its built-in names).
 """
 
 import asyncio
+import logging
 from typing import cast
 
 from uvicorn._types import ASGI3Application
@@ -26,7 +27,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         # Flow control (pause/resume reading and writing) stays on the real transport.
         self.transport = CoalescingTransport(transport)  # type: ignore[assignment]
-        self.events = None if self.config.reset_contextvars else events_fast_path(self.app)
+        # uvicorn writes its access-log line from the ASGI ``send``, which the direct path skips.
+        logged = self.access_log and self.access_logger.isEnabledFor(logging.INFO)
+        direct = not (self.config.reset_contextvars or logged)
+        self.events = events_fast_path(self.app) if direct else None
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         # ``app`` is not ``self.app`` when uvicorn answers 503 over its concurrency limit.

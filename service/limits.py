@@ -1,7 +1,25 @@
 """Request body size limit as pure ASGI middleware: oversized bodies get 413 before parsing."""
 
+import sys
+
 from service.errors import error_response
 from service.telemetry import ASGIApp, Message, Receive, Scope, Send
+
+MAX_LENGTH_DIGITS = 18
+"""Significant digits of a Content-Length read as a number; longer ones exceed any limit."""
+
+
+def declared_length(value: bytes) -> int | None:
+    """A ``Content-Length`` value as a number; None unless it is ASCII digits only.
+
+    Lengths of more than :data:`MAX_LENGTH_DIGITS` significant digits read as ``sys.maxsize``
+    (over any limit): the HTTP parser accepts thousands of leading zeros or digits, which
+    ``int()`` refuses beyond 4,300.
+    """
+    if not value.isdigit():
+        return None
+    digits = value.lstrip(b"0")
+    return int(digits or b"0") if len(digits) <= MAX_LENGTH_DIGITS else sys.maxsize
 
 
 class BodySizeLimitMiddleware:
@@ -28,7 +46,8 @@ class BodySizeLimitMiddleware:
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
         if declared is not None:
-            if not declared.isdigit() or int(declared) > self.max_bytes:
+            length = declared_length(declared)
+            if length is None or length > self.max_bytes:
                 await self._reject(scope, receive, send)
                 return
             await self.app(scope, receive, send)

@@ -127,3 +127,27 @@ def test_concurrent_step_top_ks_are_batched_and_equal_unbatched(tiny_artifact: P
         np.testing.assert_allclose(state, alone[1][0], rtol=1e-5, atol=1e-5)
         assert indices.tolist() == alone[2][0][0].tolist()
         np.testing.assert_allclose(scores, alone[2][0][1], rtol=1e-5, atol=1e-5)
+
+
+class ShortStepper(CountingStepper):
+    """A broken backend: one result row fewer than asked for."""
+
+    def step(self, items: IndexArray, states: FloatArray) -> tuple[FloatArray, FloatArray]:
+        hidden, new_states = super().step(items, states)
+        return hidden[:-1], new_states[:-1]
+
+
+def test_a_batch_with_missing_results_fails_every_waiter_instead_of_hanging(
+    tiny_artifact: Path,
+) -> None:
+    stepper = ShortStepper(tiny_artifact)
+    state = np.zeros(stepper.state_shape, dtype=np.float32)
+
+    async def run() -> list[object]:
+        batcher = MicroBatcher(stepper)
+        calls = [batcher.step(1, state) for _ in range(3)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+
+    outcomes = asyncio.run(run())
+    assert len(outcomes) == 3
+    assert all(isinstance(outcome, ValueError) for outcome in outcomes)

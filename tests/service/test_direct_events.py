@@ -4,6 +4,7 @@ documents and errors as the ASGI path, and HTTP/1.1 kept intact (keep-alive, pip
 ``Connection: close``, requests it hands back to the full app)."""
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -28,12 +29,13 @@ Answer = tuple[int, dict[str, str], bytes]
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[tuple[FastAPI, int]]:
-    """The service under uvicorn with ``HTTP_PROTOCOL`` in a thread, on a free port."""
+def serving(settings: Settings, log_level: str = "warning") -> Iterator[tuple[FastAPI, int]]:
+    """The service under uvicorn with ``HTTP_PROTOCOL`` in a thread, on a free port (with
+    uvicorn's access log when ``log_level`` is ``info``)."""
     app = create_app(settings)
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=HTTP_PROTOCOL, log_level="warning"
+        app, host="127.0.0.1", port=port, http=HTTP_PROTOCOL, log_level=log_level
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -56,10 +58,9 @@ def served(settings: Settings) -> Iterator[tuple[FastAPI, int]]:
         yield running
 
 
-@pytest.fixture
-def direct_calls(served: tuple[FastAPI, int]) -> list[str]:
-    """Paths of the requests the direct path was handed (a spy on the app's instance)."""
-    fast_path: EventsFastPath = served[0].fast_events  # type: ignore[attr-defined]
+def spy_on_direct_calls(app: FastAPI) -> list[str]:
+    """Paths of the requests the direct path is handed from now on (a spy on the instance)."""
+    fast_path: EventsFastPath = app.fast_events  # type: ignore[attr-defined]
     answer = fast_path.answer_cycle
     calls: list[str] = []
 
@@ -69,6 +70,11 @@ def direct_calls(served: tuple[FastAPI, int]) -> list[str]:
 
     fast_path.answer_cycle = spy  # type: ignore[method-assign,assignment]
     return calls
+
+
+@pytest.fixture
+def direct_calls(served: tuple[FastAPI, int]) -> list[str]:
+    return spy_on_direct_calls(served[0])
 
 
 def request(path: str, body: Mapping[str, object] | bytes, *headers: str) -> bytes:
@@ -215,3 +221,53 @@ def test_redis_errors_are_503_and_the_event_is_not_run_twice(tiny_artifact: Path
     assert json.loads(body)["error"] == "redis_unavailable"
     assert headers["retry-after"] == "1"
     assert applied == ["r1"]
+
+
+def test_a_content_length_with_thousands_of_leading_zeros_is_read_as_its_value(
+    served: tuple[FastAPI, int], direct_calls: list[str]
+) -> None:
+    """``int()`` refuses strings over 4,300 digits; the HTTP parser accepts them."""
+    padded = request("/events", EVENT_BODY).replace(
+        b"Content-Length: ", b"Content-Length: " + b"0" * 5000
+    )
+    ((status, _, body),) = exchange(served[1], padded)
+    assert status == 200, body
+    assert direct_calls == ["/events"]
+
+
+def test_an_exception_on_the_direct_path_is_a_500_not_a_silent_connection(
+    served: tuple[FastAPI, int],
+) -> None:
+    fast_path: EventsFastPath = served[0].fast_events  # type: ignore[attr-defined]
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug in the direct path")
+
+    fast_path._parse = broken  # type: ignore[method-assign,assignment]
+    with socket.create_connection(("127.0.0.1", served[1]), timeout=10) as sock:
+        sock.sendall(request("/events", EVENT_BODY))
+        ((status, headers, _),) = read_answers(sock, 1)
+        assert status == 500
+        assert headers["connection"] == "close"
+        assert sock.recv(1) == b""
+    del fast_path._parse  # the method again: the server still answers
+    ((status, _, _),) = exchange(served[1], request("/events", EVENT_BODY))
+    assert status == 200
+
+
+def test_with_the_access_log_on_every_event_goes_through_asgi_and_is_logged(
+    settings: Settings,
+) -> None:
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    with serving(settings, "info") as (app, port):
+        logging.getLogger("uvicorn.access").addHandler(handler)
+        try:
+            calls = spy_on_direct_calls(app)
+            ((status, _, _),) = exchange(port, request("/events", EVENT_BODY))
+        finally:
+            logging.getLogger("uvicorn.access").removeHandler(handler)
+    assert status == 200
+    assert calls == []
+    assert any('"POST /events HTTP/1.1" 200' in line for line in lines)

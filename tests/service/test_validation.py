@@ -1,5 +1,6 @@
 """Every client error is a 4xx JSON ``{error, message}`` naming the problem; nothing is written."""
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -8,6 +9,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from service.limits import declared_length
 from tests.service.conftest import ClientFactory
 
 LONG_ID = "x" * 257
@@ -138,3 +140,14 @@ def test_unknown_user_info_is_404(client: TestClient) -> None:
     response = client.get("/users/ghost")
     assert response.status_code == 404
     assert "ghost" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("value", "length"),
+    [(b"38", 38), (b"0", 0), (b"0" * 5000 + b"38", 38), (b"9" * 19, sys.maxsize),
+     (b"", None), (b"-1", None), (b"1e3", None), ("٣".encode(), None)],
+)  # fmt: skip
+def test_content_length_values_are_read_without_overflowing(
+    value: bytes, length: int | None
+) -> None:
+    assert declared_length(value) == length
