@@ -44,7 +44,8 @@ NOTHING.flags.writeable = False
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
-    """What an event asks back: its top ``k`` (0: none), without the user's seen items?"""
+    """What an event asks back: its top ``k`` (0: nothing), and whether the user's seen items
+    are left out of it (which needs the history read)."""
 
     k: int
     exclude_seen: bool
