@@ -40,22 +40,36 @@ class _Request(Generic[ResultT]):
 
 
 class _Queue(Generic[ResultT]):
-    """Requests of one kind waiting for the end of this loop iteration, run as batched calls."""
+    """Requests of one kind waiting for the end of this loop iteration, or ``wait`` seconds
+    after the first of them (a full batch does not wait), run as batched calls."""
 
-    def __init__(self, run: "Callable[[list[_Request[ResultT]]], list[ResultT]]") -> None:
+    def __init__(
+        self, run: "Callable[[list[_Request[ResultT]]], list[ResultT]]", wait: float = 0.0
+    ) -> None:
         self._run = run
+        self._wait = wait
         self._waiting: list[_Request[ResultT]] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     async def submit(
         self, index: int, vector: FloatArray, k: int = 0, exclude: Exclusion = ()
     ) -> ResultT:
-        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ResultT] = loop.create_future()
         self._waiting.append(_Request(index, vector, k, exclude, future))
         if len(self._waiting) == 1:
-            asyncio.get_running_loop().call_soon(self._drain)
+            if self._wait > 0:
+                self._timer = loop.call_later(self._wait, self._drain)
+            else:
+                loop.call_soon(self._drain)
+        elif len(self._waiting) == MAX_BATCH and self._timer is not None:
+            self._timer.cancel()  # a full batch: no reason to wait longer
+            self._timer = None
+            loop.call_soon(self._drain)
         return await future
 
     def _drain(self) -> None:
+        self._timer = None
         waiting, self._waiting = self._waiting, []
         for start in range(0, len(waiting), MAX_BATCH):
             batch = waiting[start : start + MAX_BATCH]
@@ -73,13 +87,16 @@ class _Queue(Generic[ResultT]):
 
 class MicroBatcher:
     """Async ``step``, ``top_k`` and ``step_top_k`` for one user each, batched per loop
-    iteration."""
+    iteration, or per ``wait`` seconds from the first waiting call
+    (``LRUREC_MICRO_BATCH_WAIT_MS``): bigger batches for a bounded wait."""
 
-    def __init__(self, stepper: Stepper) -> None:
+    def __init__(self, stepper: Stepper, wait: float = 0.0) -> None:
         self._stepper = stepper
-        self._steps = _Queue[tuple[FloatArray, FloatArray]](self._run_steps)
-        self._top_ks = _Queue[Ranked](self._run_top_ks)
-        self._step_top_ks = _Queue[tuple[FloatArray, FloatArray, Ranked]](self._run_step_top_ks)
+        self._steps = _Queue[tuple[FloatArray, FloatArray]](self._run_steps, wait)
+        self._top_ks = _Queue[Ranked](self._run_top_ks, wait)
+        self._step_top_ks = _Queue[tuple[FloatArray, FloatArray, Ranked]](
+            self._run_step_top_ks, wait
+        )
 
     async def step(self, index: int, state: FloatArray) -> tuple[FloatArray, FloatArray]:
         """``(hidden [d], new_state)`` of one event; ``state`` has no batch dimension."""

@@ -80,7 +80,8 @@ class Engine:
         else:
             self._cold_scores = artifact.popularity.numpy().astype(np.float32)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._batcher = MicroBatcher(stepper) if settings.micro_batch else None
+        wait = settings.micro_batch_wait_ms / 1e3
+        self._batcher = MicroBatcher(stepper, wait) if settings.micro_batch else None
         self._in_flight = 0
         """Events between arrival and answer: with one, nothing could share its model call."""
         self._cache = StateCache(settings.state_cache_users, store.max_len)

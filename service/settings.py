@@ -67,6 +67,13 @@ class Settings(BaseSettings):
         description="Run the model steps and top-k's of concurrent events as one batched call "
         "per event-loop iteration (helps under load, costs a little at low load).",
     )
+    micro_batch_wait_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=50.0,
+        description="With micro_batch: how long the first waiting event's model call waits for "
+        "others (0 = until the end of the event-loop iteration); a batch of 64 runs at once.",
+    )
     quantized_scoring: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Exact top-k through an int8 scan of the item table and a float32 re-score "

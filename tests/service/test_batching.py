@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from model import load_artifact
-from service.batching import MicroBatcher
+from service.batching import MAX_BATCH, MicroBatcher
 from service.runtime import Exclusion, FloatArray, IndexArray, TorchStepper
 from tests.service.conftest import ClientFactory
 
@@ -151,3 +151,40 @@ def test_a_batch_with_missing_results_fails_every_waiter_instead_of_hanging(
     outcomes = asyncio.run(run())
     assert len(outcomes) == 3
     assert all(isinstance(outcome, ValueError) for outcome in outcomes)
+
+
+@pytest.mark.parametrize(("wait", "batches"), [(0.0, [1, 1, 1]), (0.5, [3])])
+def test_a_wait_window_gathers_calls_from_later_loop_iterations(
+    tiny_artifact: Path, wait: float, batches: list[int]
+) -> None:
+    stepper = CountingStepper(tiny_artifact)
+    state = np.zeros(stepper.state_shape, dtype=np.float32)
+
+    async def run() -> None:
+        batcher = MicroBatcher(stepper, wait)
+
+        async def later(delay: int) -> object:
+            for _ in range(delay):  # arrive a few event-loop iterations after the first
+                await asyncio.sleep(0)
+            return await batcher.step(1, state)
+
+        await asyncio.wait_for(asyncio.gather(*(later(delay) for delay in (0, 3, 6))), 10)
+
+    asyncio.run(run())
+    assert stepper.step_batches == batches
+
+
+def test_a_full_batch_does_not_wait_out_the_window(tiny_artifact: Path) -> None:
+    stepper = CountingStepper(tiny_artifact)
+    state = np.zeros(stepper.state_shape, dtype=np.float32)
+
+    async def run() -> float:
+        batcher = MicroBatcher(stepper, wait=30.0)
+        start = asyncio.get_running_loop().time()
+        await asyncio.wait_for(
+            asyncio.gather(*(batcher.step(1, state) for _ in range(MAX_BATCH))), 10
+        )
+        return asyncio.get_running_loop().time() - start
+
+    assert asyncio.run(run()) < 5.0
+    assert stepper.step_batches == [MAX_BATCH]
