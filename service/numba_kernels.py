@@ -18,7 +18,7 @@ tests/service/test_numba_runtime.py).
 
 import math
 from collections.abc import Callable
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import numpy as np
 from numba import njit
@@ -436,59 +436,26 @@ def select_top_k_kernel(
 
 
 @kernel
-def step_top_k_kernel(
-    items: Indices,
-    states: Floats,
-    hidden_out: Floats,
-    states_out: Floats,
-    table: Floats,
-    embedding_norm_weight: Floats,
-    embedding_norm_bias: Floats,
-    rotations: Floats,
-    input_bias: Floats,
-    u_weight_t: Floats,
-    c_weight_t: Floats,
-    c_bias: Floats,
-    lru_norm_weight: Floats,
-    lru_norm_bias: Floats,
-    ffn_in_weight_t: Floats,
-    ffn_in_bias: Floats,
-    ffn_out_weight_t: Floats,
-    ffn_out_bias: Floats,
-    ffn_norm_weight: Floats,
-    ffn_norm_bias: Floats,
-    eps: float,
-    bias: Floats,
-    exclude: Indices,
-    exclude_starts: Indices,
-    k: int,
-    top_items: Indices,
-    top_scores: Floats,
-    counts: Indices,
-    floors: Floats,
-    cursor: Indices,
-) -> int:
+def step_top_k_kernel(step_arguments: tuple[Any, ...], rank_arguments: tuple[Any, ...]) -> int:
     """:func:`step_kernel`, then :func:`top_k_kernel` of the new hidden vectors, in one call:
     an event's whole model work for one dispatch from Python instead of two (with their
     argument checks and output arrays).
+
+    ``step_arguments`` are :func:`step_kernel`'s, in its order (``items``, ``states``,
+    ``hidden_out``, ``states_out``, ``table``, the weights, ``eps``); ``rank_arguments`` are
+    :func:`top_k_kernel`'s after ``hidden`` and ``table`` (``bias``, the exclusions, ``k``,
+    the outputs, the floors).
 
     Returns:
         -1; a user ``u < b`` whose item is not a row of ``table`` (nothing written); or
         ``b + u`` for the first user ``u`` with an excluded index outside ``[0, v)`` (steps
         written, that user and later ones not ranked).
     """
-    failed = step_kernel(
-        items, states, hidden_out, states_out, table, embedding_norm_weight,
-        embedding_norm_bias, rotations, input_bias, u_weight_t, c_weight_t, c_bias,
-        lru_norm_weight, lru_norm_bias, ffn_in_weight_t, ffn_in_bias, ffn_out_weight_t,
-        ffn_out_bias, ffn_norm_weight, ffn_norm_bias, eps,
-    )  # fmt: skip
+    failed = step_kernel(*step_arguments)
     if failed >= 0:
         return failed
-    failed = top_k_kernel(
-        hidden_out, table, bias, exclude, exclude_starts, k, top_items, top_scores, counts,
-        floors, cursor,
-    )  # fmt: skip
+    items, hidden_out, table = step_arguments[0], step_arguments[2], step_arguments[4]
+    failed = top_k_kernel(hidden_out, table, *rank_arguments)
     return failed if failed < 0 else items.shape[0] + failed
 
 

@@ -221,10 +221,9 @@ class NumbaStepper(TorchRebuilds):
         new_states = np.empty_like(states)
         flat, starts = _concatenated(exclude)
         top_items, top_scores, counts = _selection(rows, k)
-        failed = step_top_k_kernel(
-            items, states, hidden, new_states, self._table, *self._weights, self._eps,
-            self._bias, flat, starts, k, top_items, top_scores, counts, *self._floors_of(k),
-        )  # fmt: skip
+        step_arguments = (items, states, hidden, new_states, self._table, *self._weights, self._eps)
+        rank_arguments = (self._bias, flat, starts, k, top_items, top_scores, counts)
+        failed = step_top_k_kernel(step_arguments, (*rank_arguments, *self._floors_of(k)))
         if 0 <= failed < rows:
             raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
         if failed >= rows:
