@@ -12,9 +12,7 @@ import asyncio
 import itertools
 import os
 import random
-import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from math import prod
 
 import numpy as np
@@ -24,8 +22,9 @@ from model import Artifact
 from service import telemetry
 from service.batching import MicroBatcher
 from service.errors import ContentionError, NotFoundError
-from service.outcome import Applied, Ranked, scored
-from service.runtime import FloatArray, IndexArray, Stepper, top_k_numpy
+from service.event_lane import EventLane
+from service.outcome import Applied, Ranked, Ranking, scored
+from service.runtime import NOTHING, FloatArray, IndexArray, Stepper, appended, top_k_numpy
 from service.schemas import (
     Event,
     EventResult,
@@ -36,27 +35,7 @@ from service.schemas import (
 from service.settings import Settings
 from service.state_cache import StateCache
 from service.store import Snapshot, UserStore, Write, WriteResult, WriteStatus
-
-NOTHING: IndexArray = np.empty(0, dtype=np.int64)
-"""No exclusions (read only)."""
-NOTHING.flags.writeable = False
-
-
-@dataclass(frozen=True, slots=True)
-class Ranking:
-    """What an event asks back: its top ``k`` (0: nothing), and whether the user's seen items
-    are left out of it (which needs the history read)."""
-
-    k: int
-    exclude_seen: bool
-
-
-def _appended(indices: IndexArray, index: int) -> IndexArray:
-    """``indices`` with ``index`` after them (``np.append`` costs a few µs more)."""
-    out = np.empty(len(indices) + 1, dtype=np.int64)
-    out[:-1] = indices
-    out[-1] = index
-    return out
+from service.user_locks import UserLocks
 
 
 class Engine:
@@ -79,38 +58,33 @@ class Engine:
             self._cold_scores = stepper.scores(stepper.cold_start_hidden()[None])[0]
         else:
             self._cold_scores = artifact.popularity.numpy().astype(np.float32)
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.locks = UserLocks()
         wait = settings.micro_batch_wait_ms / 1e3
         self._batcher = MicroBatcher(stepper, wait) if settings.micro_batch else None
         self._in_flight = 0
         """Events between arrival and answer: with one, nothing could share its model call."""
-        self._cache = StateCache(settings.state_cache_users, store.max_len)
+        self.cache = StateCache(settings.state_cache_users, store.max_len)
+        self._lane = EventLane(self, wait) if settings.batch_events else None
         # Writer tokens only need to be unique: a random per-process prefix and a counter cost
         # a fraction of uuid4() (~9 µs).
         self._token_prefix = os.urandom(8).hex()
         self._token_counter = itertools.count()
 
-    def _token(self) -> str:
+    def new_token(self) -> str:
+        """A writer token no other write carries (the apply script's retry check)."""
         return f"{self._token_prefix}{next(self._token_counter):x}"
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
 
-    def _lock(self, user_id: str) -> asyncio.Lock:
-        lock = self._locks.get(user_id)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[user_id] = lock
-        return lock
-
-    def _known(self, history: Sequence[str]) -> IndexArray:
+    def known(self, history: Sequence[str]) -> IndexArray:
         """The model's indices of the items in ``history`` it knows, in order."""
         index = self._index
         return np.fromiter((index[item] for item in history if item in index), np.int64)
 
-    def _seen_after(self, appended: IndexArray, history: Sequence[str]) -> IndexArray:
-        """:meth:`_known` of ``history`` once an item is appended and the list is trimmed to
+    def seen_after(self, appended: IndexArray, history: Sequence[str]) -> IndexArray:
+        """:meth:`known` of ``history`` once an item is appended and the list is trimmed to
         ``max_len`` as the store trims it, from ``appended`` (:meth:`_known` of the history and
         the item), without mapping every item again."""
         seen = appended
@@ -120,7 +94,7 @@ class Engine:
             seen = seen[sum(item in known for item in history[:dropped]) :]
         return seen
 
-    def _stale(self, snap: Snapshot) -> bool:
+    def stale(self, snap: Snapshot) -> bool:
         """The stored state belongs to another model (version or shape) and needs a rebuild."""
         if snap.state is None:
             return False
@@ -129,9 +103,15 @@ class Engine:
     async def _load(self, user_id: str, event_id: str | None, history: bool) -> Snapshot:
         """Load a user; the history is fetched when asked for or when a rebuild needs it."""
         snap = await self.store.load(user_id, event_id, history)
-        if self._stale(snap) and not snap.history_loaded:
+        if self.stale(snap) and not snap.history_loaded:
             snap = await self.store.load(user_id, event_id, history=True)
         return snap
+
+    def state_of(self, snap: Snapshot) -> FloatArray:
+        """The state of a snapshot that is not :meth:`stale` (zeros when it has none)."""
+        if snap.state is None:
+            return np.zeros(self._state_shape, dtype=np.float32)
+        return np.frombuffer(snap.state, dtype=np.float32).reshape(self._state_shape)
 
     def _current(self, snap: Snapshot) -> tuple[FloatArray | None, FloatArray | None, bool]:
         """(state, hidden, rebuilt) of a snapshot; a state of another model is rebuilt.
@@ -140,10 +120,10 @@ class Engine:
         """
         if snap.state is None or snap.hidden is None:
             return None, None, False
-        if not self._stale(snap):
+        if not self.stale(snap):
             state = np.frombuffer(snap.state, dtype=np.float32).reshape(self._state_shape)
             return state, np.frombuffer(snap.hidden, dtype=np.float32), False
-        known = self._known(snap.history)
+        known = self.known(snap.history)
         if len(known) == 0:  # nothing this model knows: restart from its zero state
             zero = np.zeros(self._state_shape, dtype=np.float32)
             return zero, self.stepper.cold_start_hidden(), True
@@ -166,30 +146,35 @@ class Engine:
             hidden_row, state_row, (indices, scores) = await batcher.step_top_k(
                 index, base, k, exclude
             )
-            return hidden_row, state_row, self._named(indices, scores)
+            return hidden_row, state_row, self.named(indices, scores)
         with telemetry.MODEL_STEP_SCORE.time():
             hidden, states, ranked = self.stepper.step_top_k(
                 np.asarray([index], dtype=np.int64), base[None], k, [exclude]
             )
-        return hidden[0], states[0], self._named(*ranked[0])
+        return hidden[0], states[0], self.named(*ranked[0])
 
-    def _named(self, indices: IndexArray, scores: FloatArray) -> Ranked:
+    def named(self, indices: IndexArray, scores: FloatArray) -> Ranked:
         ids = self.item_ids
         return [(ids[i - 1], s) for i, s in zip(indices.tolist(), scores.tolist(), strict=True)]
 
     async def _commit(
-        self, event: Event, index: int | None, token: str, ranking: "Ranking"
-    ) -> tuple[WriteResult, Snapshot, FloatArray | None, Ranked | None]:
+        self, event: Event, index: int | None, token: str, ranking: Ranking,
+        refused: WriteResult | None = None,
+    ) -> tuple[WriteResult, Snapshot, FloatArray | None, Ranked | None]:  # fmt: skip
         """Read → step → check-and-write, retried while another writer got there first.
 
         The read is skipped when this worker wrote the user last (service.state_cache); a
-        refused write answers with the current record, so a retry needs no read either.
+        refused write answers with the current record, so a retry needs no read either:
+        ``refused`` is such an answer to a write from this worker's copy (service.event_lane).
         """
-        cached = self._cache.get(event.user_id, ranking.exclude_seen)
-        snap = cached.snapshot if cached is not None and not self._stale(cached.snapshot) else None
+        cached = self.cache.get(event.user_id, ranking.exclude_seen)
+        snap = cached.snapshot if cached is not None and not self.stale(cached.snapshot) else None
         expected_token = cached.token if snap is not None and cached is not None else ""
         seen = cached.seen if snap is not None and cached is not None else None
         outcome = telemetry.CACHE_FRESH if expected_token else telemetry.CACHE_MISS
+        if refused is not None:  # the copy was stale: start from the record the write met
+            snap, expected_token, seen = self._usable(refused.record), "", None
+            outcome = telemetry.CACHE_STALE
         attempt = 0  # only races with other writers count against the retry budget
         try:
             while attempt < self._max_retries:
@@ -205,7 +190,7 @@ class Engine:
                     # The duplicate may be newer than this worker's copy: read the record.
                     snap, outcome = None, telemetry.CACHE_MISS
                     continue
-                self._cache.drop(event.user_id)
+                self.cache.drop(event.user_id)
                 if expected_token:  # this worker's copy was stale: no race, retry at once
                     outcome = telemetry.CACHE_STALE
                 else:
@@ -222,10 +207,10 @@ class Engine:
 
     async def _attempt(
         self, event: Event, index: int | None, token: str, snap: Snapshot, expected_token: str,
-        ranking: "Ranking", seen: IndexArray | None,
+        ranking: Ranking, seen: IndexArray | None,
     ) -> tuple[WriteResult, FloatArray | None, Ranked | None]:  # fmt: skip
         """One step (and top-k, when asked for) from ``snap`` and its check-and-write:
-        ``(result, hidden, top-k or None)``. ``seen`` is :meth:`_known` of ``snap``'s history
+        ``(result, hidden, top-k or None)``. ``seen`` is :meth:`known` of ``snap``'s history
         when this worker has it at hand (None: mapped here when needed).
 
         A snapshot that already saw the event id is answered DUPLICATE without a write.
@@ -235,12 +220,12 @@ class Engine:
             duplicate = WriteResult(WriteStatus.DUPLICATE, snap.events_applied, snap.version)
             return duplicate, hidden, None
         if snap.history_loaded and seen is None:
-            seen = self._known(snap.history)
+            seen = self.known(snap.history)
         # The history's item indices and the new item's: what this event's top-k excludes.
-        appended = seen if seen is None or index is None else _appended(seen, index)
+        with_item = seen if seen is None or index is None else appended(seen, index)
         ranked = None
         if index is not None:
-            exclude = appended if ranking.exclude_seen and appended is not None else NOTHING
+            exclude = with_item if ranking.exclude_seen and with_item is not None else NOTHING
             hidden, state, ranked = await self._step(index, state, ranking.k, exclude)
         write_state = state is not None and (index is not None or rebuilt)
         write = Write(
@@ -257,15 +242,15 @@ class Engine:
         )
         result = await self.store.write(event.user_id, write, refresh=snap.history_loaded)
         if result.status in (WriteStatus.WRITTEN, WriteStatus.ALREADY_WRITTEN):
-            seen_after = None if appended is None else self._seen_after(appended, snap.history)
-            self._cache.put(event.user_id, snap, write, result, seen_after)
+            seen_after = None if with_item is None else self.seen_after(with_item, snap.history)
+            self.cache.put(event.user_id, snap, write, result, seen_after)
             if rebuilt and result.status == WriteStatus.WRITTEN:
                 telemetry.STATE_REBUILDS.inc()
         return result, hidden, ranked
 
     def _usable(self, record: Snapshot | None) -> Snapshot | None:
         """A conflict's record, unless it must be rebuilt and came without the history."""
-        if record is None or (self._stale(record) and not record.history_loaded):
+        if record is None or (self.stale(record) and not record.history_loaded):
             return None
         return record
 
@@ -287,11 +272,24 @@ class Engine:
         index = self._index.get(event.item_id)
         # The history is read only to mask seen items: a k=0 event stays O(1).
         ranking = Ranking(k, k > 0 and exclude_seen)
+        user_id = event.user_id
         try:
-            async with self._lock(event.user_id):
+            # Taken before any await, so a user's events hold the lock in arrival order.
+            lane = self._lane if self._takes_lane(user_id, index, ranking) else None
+            if lane is None:
+                await self.locks.acquire(user_id)
+            try:
+                refused = None
+                if lane is not None and index is not None:
+                    outcome = await lane.apply(event, index, ranking)
+                    if isinstance(outcome, Applied):
+                        return outcome
+                    refused = outcome
                 result, snap, hidden, ranked = await self._commit(
-                    event, index, self._token(), ranking
+                    event, index, self.new_token(), ranking, refused
                 )
+            finally:
+                self.locks.release(user_id)
         except (RedisError, ContentionError):
             telemetry.EVENTS.labels("rejected").inc()
             raise
@@ -302,10 +300,19 @@ class Engine:
         telemetry.event_counter(reason or "applied").inc()
         if k > 0 and (ranked is None or duplicate):  # no step ranked it: rank the stored hidden
             seen = snap.history if duplicate else [*snap.history, event.item_id]
-            _, ranked = await self._top_k(hidden, k, self._known(seen) if exclude_seen else NOTHING)
+            _, ranked = await self._top_k(hidden, k, self.known(seen) if exclude_seen else NOTHING)
         return Applied(
             event.user_id, reason, result.events_applied, self.model_version,
             ranked if k > 0 else None,
+        )  # fmt: skip
+
+    def _takes_lane(self, user_id: str, index: int | None, ranking: Ranking) -> bool:
+        """Whether an event goes to the batched lane (service.event_lane): a known item, a user
+        whose record this worker holds, and that user's lock free (then taken)."""
+        return (
+            self._lane is not None and index is not None
+            and self.cache.get(user_id, ranking.exclude_seen) is not None
+            and self.locks.take(user_id)
         )  # fmt: skip
 
     async def _top_k(
@@ -321,7 +328,7 @@ class Engine:
                     indices, scores = top_k_numpy(self._cold_scores, k, exclude)
                 else:
                     indices, scores = self.stepper.top_k(hidden[None], k, [exclude])[0]
-        return hidden is None, self._named(indices, scores)
+        return hidden is None, self.named(indices, scores)
 
     async def recommend(self, user_id: str, k: int, exclude_seen: bool) -> Recommendations:
         """Top-k for a user's stored state (rebuilt once if it belongs to another model)."""
@@ -330,7 +337,7 @@ class Engine:
         if rebuilt and state is not None and hidden is not None:
             write = Write(
                 expected_version=snap.version,
-                token=self._token(),
+                token=self.new_token(),
                 state=state.tobytes(),
                 hidden=hidden.tobytes(),
                 model_version=self.model_version,
@@ -338,7 +345,7 @@ class Engine:
             result = await self.store.write(user_id, write, operation="rebuild")
             if result.status == WriteStatus.WRITTEN:  # a concurrent writer rebuilt it already
                 telemetry.STATE_REBUILDS.inc()
-        exclude = self._known(snap.history) if exclude_seen else NOTHING
+        exclude = self.known(snap.history) if exclude_seen else NOTHING
         cold, items = await self._top_k(hidden, k, exclude)
         return Recommendations(
             user_id=user_id,
@@ -371,6 +378,9 @@ class Engine:
 
     async def delete_user(self, user_id: str) -> bool:
         """Forget a user's state, history and event ids."""
-        async with self._lock(user_id):
-            self._cache.drop(user_id)
+        await self.locks.acquire(user_id)
+        try:
+            self.cache.drop(user_id)
             return await self.store.delete(user_id)
+        finally:
+            self.locks.release(user_id)

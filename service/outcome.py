@@ -10,6 +10,15 @@ Ranked = list[tuple[str, float]]
 """``(external item id, score)`` pairs, best first."""
 
 
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """What an event asks back: its top ``k`` (0: nothing), and whether the user's seen items
+    are left out of it (which needs the history read)."""
+
+    k: int
+    exclude_seen: bool
+
+
 @dataclass(slots=True)
 class Applied:
     """One event's outcome, serialised by the caller.

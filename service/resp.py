@@ -17,7 +17,8 @@ call. TLS and unix-socket URLs keep using redis-py (see :func:`fast_script_clien
 import asyncio
 import contextlib
 from collections import deque
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -29,12 +30,44 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Arg = str | bytes | int | float
 
 
+class _Sink(Protocol):
+    """Where one reply goes: an ``asyncio.Future``, or one slot of :class:`_Replies`."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+class _Replies:
+    """The replies of ``count`` pipelined commands, in order, as one future's list: a command
+    error is kept in its slot (the others still stand), a connection failure fails the lot."""
+
+    def __init__(self, count: int, future: "asyncio.Future[list[Any]]") -> None:
+        self.count = count
+        self.replies: list[Any] = []
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, result: Any) -> None:
+        self.replies.append(result)
+        if len(self.replies) == self.count:
+            self.future.set_result(self.replies)
+
+    def set_exception(self, exception: BaseException) -> None:
+        if isinstance(exception, ResponseError):  # this command's error, not the connection's
+            self.set_result(exception)
+        elif not self.future.done():
+            self.future.set_exception(exception)
+
+
 class _Protocol(asyncio.Protocol):
     """Replies are matched to waiting futures in order (Redis answers in order)."""
 
     def __init__(self, timeout: float) -> None:
         self.reader = hiredis.Reader(replyError=ResponseError)
-        self.pending: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.pending: deque[tuple[_Sink, float]] = deque()
         """Waiting callers with the loop time by which their reply must arrive, oldest first."""
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -59,10 +92,10 @@ class _Protocol(asyncio.Protocol):
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
 
-    def expect(self, future: "asyncio.Future[Any]") -> None:
+    def expect(self, sink: _Sink) -> None:
         """Wait for the next reply; the connection fails every caller if it is not in time."""
         loop = asyncio.get_running_loop()
-        self.pending.append((future, loop.time() + self.timeout))
+        self.pending.append((sink, loop.time() + self.timeout))
         if self.watchdog is None:
             self.watchdog = loop.call_later(self.timeout, self.check_deadline)
 
@@ -83,13 +116,13 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
-            future = self.pending.popleft()[0]
-            if future.done():  # its caller was cancelled
+            sink = self.pending.popleft()[0]
+            if sink.done():  # its caller was cancelled
                 continue
             if isinstance(reply, ResponseError):
-                future.set_exception(reply)
+                sink.set_exception(reply)
             else:
-                future.set_result(reply)
+                sink.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RedisConnectionError(f"Redis connection lost: {exc}"))
@@ -104,9 +137,9 @@ class _Protocol(asyncio.Protocol):
             self.watchdog.cancel()
             self.watchdog = None
         while self.pending:
-            future = self.pending.popleft()[0]
-            if not future.done():
-                future.set_exception(error)
+            sink = self.pending.popleft()[0]
+            if not sink.done():
+                sink.set_exception(error)
 
     def close(self) -> None:
         self.fail(RedisConnectionError("Redis connection closed"))
@@ -176,6 +209,45 @@ class ScriptClient:
                     raise
                 await asyncio.sleep(self._backoff.compute(failures))
 
+    async def call_many(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
+        """Send ``commands`` pipelined in one write; their replies in order, a command's error
+        (``ResponseError``) in its place. Connection errors and timeouts retry the whole list,
+        so every command must be safe to run twice (the apply script is, by its writer token).
+        """
+        failures = 0
+        while True:
+            try:
+                protocol = self._protocol
+                if protocol is None or protocol.closed:
+                    protocol = await self._connect()
+                assert protocol.transport is not None
+                future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+                replies = _Replies(len(commands), future)
+                for command in commands:
+                    protocol.expect(replies)
+                    protocol.queue(hiredis.pack_command(command))  # type: ignore[arg-type]
+                return await future
+            except (RedisConnectionError, RedisTimeoutError):
+                failures += 1
+                if failures > self._retries:
+                    raise
+                await asyncio.sleep(self._backoff.compute(failures))
+
+    async def evalsha_many(
+        self, sha: str, script: str | bytes, calls: Sequence[tuple[tuple[str, ...], list[Arg]]]
+    ) -> list[Any]:
+        """:meth:`evalsha` of each ``(keys, args)`` in one pipelined write; a call's command
+        error is returned in its place, not raised."""
+        replies = await self.call_many([("EVALSHA", sha, len(k), *k, *a) for k, a in calls])
+        missing = [i for i, reply in enumerate(replies) if _noscript(reply)]
+        if missing:  # the server lost its scripts (restart, SCRIPT FLUSH): send the text
+            texts = await self.call_many(
+                [("EVAL", script, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in missing]
+            )
+            for i, reply in zip(missing, texts, strict=True):
+                replies[i] = reply
+        return replies
+
     async def evalsha(
         self, sha: str, script: str | bytes, keys: tuple[str, ...], args: list[Arg]
     ) -> Any:
@@ -191,6 +263,10 @@ class ScriptClient:
         if self._protocol is not None:
             self._protocol.close()
             self._protocol = None
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
 
 
 def fast_script_client(client: "aioredis.Redis") -> ScriptClient | None:

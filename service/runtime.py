@@ -21,6 +21,20 @@ logger = logging.getLogger("service")
 FloatArray = NDArray[np.float32]
 IndexArray = NDArray[np.int64]
 Exclusion = Sequence[int] | IndexArray
+
+NOTHING: IndexArray = np.empty(0, dtype=np.int64)
+"""No exclusions (read only)."""
+NOTHING.flags.writeable = False
+
+
+def appended(indices: IndexArray, index: int) -> IndexArray:
+    """``indices`` with ``index`` after them (``np.append`` costs a few µs more)."""
+    out = np.empty(len(indices) + 1, dtype=np.int64)
+    out[:-1] = indices
+    out[-1] = index
+    return out
+
+
 """Item indices that one user must not be recommended."""
 
 

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     max_event_ids: int = Field(
         default=1000, ge=1, description="Event ids remembered per user for de-duplication."
     )
+    batch_events: bool = Field(
+        default=True,
+        description="Apply the concurrent events of users this worker wrote last in batches: "
+        "one model call and one pipelined Redis round trip per event-loop iteration (same "
+        "results; false: each event on its own, the reference path).",
+    )
     micro_batch: bool = Field(
         default=False,
         description="Run the model steps and top-k's of concurrent events as one batched call "
@@ -71,8 +77,9 @@ class Settings(BaseSettings):
         default=0.0,
         ge=0.0,
         le=50.0,
-        description="With micro_batch: how long the first waiting event's model call waits for "
-        "others (0 = until the end of the event-loop iteration); a batch of 64 runs at once.",
+        description="With micro_batch or batch_events: how long the first waiting event's model "
+        "call waits for others (0 = until the end of the event-loop iteration); a batch of 64 "
+        "runs at once.",
     )
     quantized_scoring: Literal["auto", "on", "off"] = Field(
         default="auto",

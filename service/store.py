@@ -10,6 +10,7 @@ Layout (``P`` = key prefix, ``v1`` = layout version; every key of a user shares 
     P:v1:{user}:eids    zset  seen event ids scored by the write version, at most max_event_ids
 """
 
+import asyncio
 import time
 from dataclasses import dataclass
 from enum import IntEnum
@@ -19,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ResponseError
 
 from service import telemetry
 from service.resp import Arg, fast_script_client
@@ -175,6 +177,20 @@ def _snapshot(reply: list[Any], history: bool) -> Snapshot:
     )
 
 
+def _write_result(reply: list[Any], refresh: bool | None) -> WriteResult:
+    """A :class:`WriteResult` from the apply script's reply (3 elements, 9 on a refreshed
+    conflict)."""
+    result = WriteResult(WRITE_STATUSES[int(reply[0])], int(reply[1]), int(reply[2]))
+    if len(reply) == 3:
+        return result
+    state, hidden, model_version, received, updated, items = reply[3:]
+    record = _snapshot(
+        [reply[2], state, hidden, model_version, reply[1], received, updated, items, b"0"],
+        bool(refresh),
+    )
+    return WriteResult(result.status, result.events_applied, result.version, record)
+
+
 def create_redis(
     url: str, timeout_seconds: float, retries: int, max_connections: int
 ) -> "aioredis.Redis":
@@ -250,24 +266,49 @@ class UserStore:
         With ``refresh`` set, a conflict's result carries the current record (with the history
         when ``refresh`` is True), as :meth:`load` would return it without an event id.
         """
-        args: list[Arg] = [
+        with telemetry.redis_timer(operation):
+            reply = await self._run(
+                self._apply, self.keys(user_id), self._write_args(write, refresh)
+            )
+        return _write_result(reply, refresh)
+
+    async def write_many(
+        self, writes: list[tuple[str, Write, bool | None]]
+    ) -> list[WriteResult | ResponseError]:
+        """:meth:`write` of each ``(user_id, write, refresh)`` in one pipelined round trip (the
+        script connection; concurrent calls through redis-py over TLS or a unix socket). A
+        write's command error is returned in its place; a connection failure raises."""
+        calls = [
+            (self.keys(user), self._write_args(write, refresh)) for user, write, refresh in writes
+        ]
+        with telemetry.redis_timer("apply"):
+            if self._fast is not None:
+                text = self._apply.script
+                text = bytes(text) if isinstance(text, memoryview) else text
+                replies = await self._fast.evalsha_many(self._apply.sha, text, calls)
+            else:
+                replies = await asyncio.gather(
+                    *(self._apply(keys=keys, args=args) for keys, args in calls),
+                    return_exceptions=True,
+                )
+        results: list[WriteResult | ResponseError] = []
+        for reply, (_, _, refresh) in zip(replies, writes, strict=True):
+            if isinstance(reply, ResponseError):
+                results.append(reply)
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                results.append(_write_result(reply, refresh))
+        return results
+
+    def _write_args(self, write: Write, refresh: bool | None) -> list[Arg]:
+        return [
             write.expected_version, write.token, write.event_id, write.item,
             write.state, write.hidden, write.model_version,
             int(write.applied), int(write.received), f"{time.time():.6f}",
             self._max_len, self._ttl, self._max_event_ids, write.expected_token,
             "" if refresh is None else str(int(refresh)),
         ]  # fmt: skip
-        with telemetry.redis_timer(operation):
-            reply = await self._run(self._apply, self.keys(user_id), args)
-        result = WriteResult(WRITE_STATUSES[int(reply[0])], int(reply[1]), int(reply[2]))
-        if len(reply) == 3:
-            return result
-        state, hidden, model_version, received, updated, items = reply[3:]
-        record = _snapshot(
-            [reply[2], state, hidden, model_version, reply[1], received, updated, items, b"0"],
-            bool(refresh),
-        )
-        return WriteResult(result.status, result.events_applied, result.version, record)
 
     async def delete(self, user_id: str) -> bool:
         """Forget a user (state, history, event ids); True if anything existed."""

@@ -99,6 +99,40 @@ def test_a_restarted_server_is_reconnected_and_a_stopped_one_is_a_connection_err
     assert run(private_redis.url, body, timeout=0.5) is None
 
 
+def test_a_pipelined_list_keeps_each_commands_reply_or_error_in_its_place(
+    redis_url: str, redis_client: "redis.Redis"
+) -> None:
+    redis_client.script_flush()  # the first EVALSHA of the list meets NOSCRIPT: sent as EVAL
+
+    async def body(client: ScriptClient) -> list[object]:
+        calls: list[tuple[tuple[str, ...], list[str | bytes | int | float]]] = [
+            (("m",), [f"call-{i}"]) for i in range(5)
+        ]
+        replies = await client.evalsha_many(ECHO_SHA, ECHO, calls)
+        errors = await client.call_many([("SET", "s", "v"), ("INCR", "s"), ("GET", "s")])
+        return [*replies, *errors]
+
+    replies = run(redis_url, body)
+    assert replies[:5] == [[f"call-{i}".encode(), i + 1] for i in range(5)]
+    assert replies[5] == b"OK"
+    assert isinstance(replies[6], ResponseError)  # INCR of a string: this command's error only
+    assert replies[7] == b"v"
+
+
+def test_a_pipelined_list_to_a_stopped_server_is_a_connection_error(
+    private_redis: EmbeddedRedis,
+) -> None:
+    async def body(client: ScriptClient) -> object:
+        assert await client.call_many([("SET", "k", "v")]) == [b"OK"]
+        private_redis.stop()
+        with pytest.raises(RedisConnectionError):
+            await client.call_many([("GET", "k"), ("GET", "k")])
+        private_redis.start()
+        return await client.call_many([("GET", "k"), ("ECHO", "back")])
+
+    assert run(private_redis.url, body, timeout=0.5) == [None, b"back"]
+
+
 def test_tls_and_unix_socket_urls_keep_redis_py() -> None:
     assert fast_script_client(create_redis("rediss://localhost:6380/0", 1.0, 1, 4)) is None
     assert fast_script_client(create_redis("unix:///tmp/redis.sock", 1.0, 1, 4)) is None

@@ -1,0 +1,223 @@
+"""The batched event lane: events of users this worker wrote last, applied a loop iteration's
+worth at a time (``LRUREC_BATCH_EVENTS``, on by default).
+
+Measured on one worker under load, an event spent most of its CPU on per-event Python around
+the model and Redis calls: a chain of coroutines, a Redis future, a model call of one row and
+their bookkeeping. Events whose user's record this worker holds (service.state_cache) need no
+read, so everything they do fits one synchronous pass: the events that reach the engine in one
+event-loop iteration run as one batched model call and one pipelined round trip of check-and-
+write scripts (:meth:`UserStore.write_many`), in one task.
+
+Same results as one at a time (tests/service/test_event_lane.py): each event's write carries
+the version and writer token of the copy it stepped from, so the script refuses it if anything
+else wrote the user meanwhile; such an event (and a duplicate event id) leaves the lane and is
+applied by the engine's ordinary path, still holding its user's lock. The caller holds that
+lock throughout (:class:`service.user_locks.UserLocks`), so a user's events keep their order.
+"""
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from redis.exceptions import ResponseError
+
+from service import telemetry
+from service.batching import MAX_BATCH
+from service.outcome import Applied, Ranked, Ranking
+from service.runtime import NOTHING, FloatArray, IndexArray, appended
+from service.schemas import Event
+from service.state_cache import Cached
+from service.store import Write, WriteResult, WriteStatus
+
+if TYPE_CHECKING:  # the engine owns the lane; only its type is needed here
+    from service.engine import Engine
+
+
+LaneOutcome = Applied | WriteResult | None
+"""An event applied in the lane; or refused by a conflict (the :class:`WriteResult` carries the
+record the write met), or not taken (None): either way the ordinary path applies it."""
+
+
+@dataclass(slots=True)
+class _Entry:
+    event: Event
+    index: int
+    ranking: Ranking
+    future: "asyncio.Future[LaneOutcome]"
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One event stepped from this worker's copy, ready to write."""
+
+    entry: _Entry
+    cached: Cached
+    write: Write
+    appended: IndexArray | None
+    """The model's indices of the history and the new item (None: history not loaded)."""
+    ranked: Ranked | None
+
+
+class EventLane:
+    """Applies events of cached users in batches; callers hold the user's lock.
+
+    Args:
+        engine: the engine whose store, model, state cache and helpers the lane uses.
+        wait: seconds the first waiting event waits for others (0: until the end of the
+            current loop iteration); a batch of :data:`MAX_BATCH` runs at once.
+    """
+
+    def __init__(self, engine: "Engine", wait: float = 0.0) -> None:
+        self._engine = engine
+        self._wait = wait
+        self._waiting: list[_Entry] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def apply(self, event: Event, index: int, ranking: Ranking) -> LaneOutcome:
+        """Apply one event of a user whose lock the caller holds (:data:`LaneOutcome`)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[LaneOutcome] = loop.create_future()
+        self._waiting.append(_Entry(event, index, ranking, future))
+        if len(self._waiting) == 1:
+            if self._wait > 0:
+                self._timer = loop.call_later(self._wait, self._drain)
+            else:
+                loop.call_soon(self._drain)
+        elif len(self._waiting) == MAX_BATCH and self._timer is not None:
+            self._timer.cancel()  # a full batch: no reason to wait longer
+            self._timer = None
+            loop.call_soon(self._drain)
+        return await future
+
+    def _drain(self) -> None:
+        self._timer = None
+        waiting, self._waiting = self._waiting, []
+        for start in range(0, len(waiting), MAX_BATCH):
+            task = asyncio.get_running_loop().create_task(
+                self._run(waiting[start : start + MAX_BATCH])
+            )
+            self._tasks.add(task)  # a reference until done: the loop keeps only weak ones
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, entries: list[_Entry]) -> None:
+        """Step, rank and write one batch; every entry's future is resolved, whatever fails."""
+        try:
+            prepared = self._prepare(entries)
+            if prepared:
+                await self._write(prepared)
+        except Exception as error:  # a broken model or Redis down: every caller gets it
+            for entry in entries:
+                if not entry.future.done():
+                    entry.future.set_exception(error)
+        finally:
+            for entry in entries:  # anything not settled goes the ordinary way
+                if not entry.future.done():
+                    entry.future.set_result(None)
+
+    def _prepare(self, entries: list[_Entry]) -> list[_Prepared]:
+        """The batch's model call(s) and writes, for the entries with a usable copy."""
+        engine = self._engine
+        usable: list[tuple[_Entry, Cached]] = []
+        for entry in entries:
+            if entry.future.done():  # the caller was cancelled
+                continue
+            cached = engine.cache.get(entry.event.user_id, entry.ranking.exclude_seen)
+            if cached is None or engine.stale(cached.snapshot):
+                entry.future.set_result(None)
+            else:
+                usable.append((entry, cached))
+        if not usable:
+            return []
+        seen = [self._seen(entry, cached) for entry, cached in usable]
+        hidden, states, ranked = self._step(usable, seen)
+        return [
+            _Prepared(entry, cached, self._write_of(entry, cached, states[row], hidden[row]),
+                      seen[row], ranked[row])
+            for row, (entry, cached) in enumerate(usable)
+        ]  # fmt: skip
+
+    def _seen(self, entry: _Entry, cached: Cached) -> IndexArray | None:
+        """The model's indices of the cached history and the event's item, when loaded."""
+        seen = cached.seen
+        if seen is None and cached.snapshot.history_loaded:
+            seen = self._engine.known(cached.snapshot.history)
+        return None if seen is None else appended(seen, entry.index)
+
+    def _step(
+        self, usable: list[tuple[_Entry, Cached]], seen: list[IndexArray | None]
+    ) -> tuple[FloatArray, FloatArray, list[Ranked | None]]:
+        """One batched step (with top-k when any event asks for one) from the cached states."""
+        engine = self._engine
+        items = np.fromiter((entry.index for entry, _ in usable), np.int64, len(usable))
+        states = np.stack([engine.state_of(cached.snapshot) for _, cached in usable])
+        k = max(entry.ranking.k for entry, _ in usable)
+        if k == 0:
+            with telemetry.MODEL_STEP.time():
+                hidden, new_states = engine.stepper.step(items, states)
+            return hidden, new_states, [None] * len(usable)
+        exclude = [
+            indices if entry.ranking.exclude_seen and indices is not None else NOTHING
+            for (entry, _), indices in zip(usable, seen, strict=True)
+        ]
+        with telemetry.MODEL_STEP_SCORE.time():
+            hidden, new_states, rows = engine.stepper.step_top_k(items, states, k, exclude)
+        ranked: list[Ranked | None] = [
+            engine.named(indices[: entry.ranking.k], scores[: entry.ranking.k])
+            if entry.ranking.k
+            else None
+            for (entry, _), (indices, scores) in zip(usable, rows, strict=True)
+        ]  # a row's best k is a prefix of its best max-k
+        return hidden, new_states, ranked
+
+    def _write_of(
+        self, entry: _Entry, cached: Cached, state: FloatArray, hidden: FloatArray
+    ) -> Write:
+        event = entry.event
+        return Write(
+            expected_version=cached.snapshot.version,
+            token=self._engine.new_token(),
+            event_id=event.event_id or "",
+            item=event.item_id,
+            state=state.tobytes(),
+            hidden=hidden.tobytes(),
+            model_version=self._engine.model_version,
+            applied=True,
+            received=True,
+            expected_token=cached.token,
+        )
+
+    async def _write(self, prepared: list[_Prepared]) -> None:
+        engine = self._engine
+        results = await engine.store.write_many(
+            [(p.entry.event.user_id, p.write, p.cached.snapshot.history_loaded) for p in prepared]
+        )
+        for item, result in zip(prepared, results, strict=True):
+            if isinstance(result, ResponseError):
+                if not item.entry.future.done():
+                    item.entry.future.set_exception(result)
+            else:
+                self._settle(item, result)
+
+    def _settle(self, item: _Prepared, result: WriteResult) -> None:
+        """Keep a written record and answer; anything else leaves the lane: a conflict with
+        the record it met, a duplicate event id to be read again (its first delivery may be
+        newer than this worker's copy)."""
+        engine, event = self._engine, item.entry.event
+        if result.status not in (WriteStatus.WRITTEN, WriteStatus.ALREADY_WRITTEN):
+            engine.cache.drop(event.user_id)
+            if not item.entry.future.done():
+                conflict = result.status == WriteStatus.CONFLICT
+                item.entry.future.set_result(result if conflict else None)
+            return
+        snapshot = item.cached.snapshot
+        seen = None if item.appended is None else engine.seen_after(item.appended, snapshot.history)
+        engine.cache.put(event.user_id, snapshot, item.write, result, seen)
+        telemetry.CACHE_FRESH.inc()
+        telemetry.event_counter("applied").inc()
+        if not item.entry.future.done():
+            item.entry.future.set_result(
+                Applied(event.user_id, None, result.events_applied, engine.model_version,
+                        item.ranked if item.entry.ranking.k > 0 else None)
+            )  # fmt: skip
