@@ -214,8 +214,11 @@ class UserStore:
     """Per-user state, history and event ids in Redis (see the module docstring for keys)."""
 
     def __init__(
-        self, client: "aioredis.Redis", prefix: str, max_len: int, max_event_ids: int, ttl: int
-    ) -> None:
+        self, client: "aioredis.Redis", prefix: str, max_len: int, max_event_ids: int, ttl: int,
+        script_connection: bool = True,
+    ) -> None:  # fmt: skip
+        """``script_connection=False`` keeps every call on redis-py (what TLS and unix-socket
+        URLs get anyway)."""
         self._client = client
         self._prefix = f"{prefix}:{LAYOUT_VERSION}"
         self._max_len = max_len
@@ -225,7 +228,7 @@ class UserStore:
         self._load = client.register_script(LOAD_SCRIPT)
         # The two per-event scripts go through a pipelined hiredis connection (service.resp):
         # redis-py's client cost ~0.47 ms of CPU per event for them, the largest single share.
-        self._fast = fast_script_client(client)
+        self._fast = fast_script_client(client) if script_connection else None
 
     @property
     def max_len(self) -> int:

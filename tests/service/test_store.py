@@ -4,23 +4,28 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import pytest
 import redis
 from redis.crc import key_slot
 
-from service.store import UserStore, Write, WriteStatus, create_redis
+from service.store import UserStore, Write, WriteResult, WriteStatus, create_redis
 
 T = TypeVar("T")
 
 
 def run_with_store(
-    url: str, body: Callable[[UserStore], Awaitable[T]], max_len: int = 3, ttl: int = 0
-) -> T:
+    url: str, body: Callable[[UserStore], Awaitable[T]], max_len: int = 3, ttl: int = 0,
+    script_connection: bool = True,
+) -> T:  # fmt: skip
     """Run ``body(store)`` on a fresh event loop and client."""
 
     async def main() -> T:
         client = create_redis(url, timeout_seconds=2.0, retries=1, max_connections=4)
+        store = UserStore(
+            client, "lrurec", max_len, max_event_ids=2, ttl=ttl, script_connection=script_connection
+        )
         try:
-            return await body(UserStore(client, "lrurec", max_len, max_event_ids=2, ttl=ttl))
+            return await body(store)
         finally:
             await client.aclose()
 
@@ -98,3 +103,34 @@ def test_delete_removes_every_key(redis_url: str, redis_client: "redis.Redis") -
 
     assert run_with_store(redis_url, body) == (True, False)
     assert redis_client.dbsize() == 0
+
+
+@pytest.mark.parametrize("script_connection", [True, False])
+def test_pipelined_writes_answer_as_single_writes_would(
+    redis_url: str, redis_client: "redis.Redis", script_connection: bool
+) -> None:
+    async def body(store: UserStore) -> list[object]:
+        assert (await store.write("w1", event(0, "t1"))).status == WriteStatus.WRITTEN
+        return list(
+            await store.write_many(
+                [
+                    ("w1", event(1, "t2", item="b"), None),  # current version: written
+                    ("w2", event(0, "t3"), None),  # a new user: written
+                    ("w1", event(1, "t4"), True),  # stale version: refused, with the record
+                    ("w1", event(0, "t2"), None),  # t2's retry: recognised by its token
+                ]
+            )
+        )
+
+    results = run_with_store(redis_url, body, script_connection=script_connection)
+    statuses = [getattr(result, "status", None) for result in results]
+    assert statuses == [
+        WriteStatus.WRITTEN, WriteStatus.WRITTEN, WriteStatus.CONFLICT,
+        WriteStatus.ALREADY_WRITTEN,
+    ]  # fmt: skip
+    conflict = results[2]
+    assert isinstance(conflict, WriteResult)
+    assert conflict.record is not None
+    assert conflict.record.version == 2
+    assert conflict.record.history == ["a", "b"]
+    assert redis_client.lrange("lrurec:v1:{w1}:hist", 0, -1) == [b"a", b"b"]
