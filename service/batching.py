@@ -26,6 +26,7 @@ MAX_BATCH = 64
 Ranked = tuple[IndexArray, FloatArray]
 """One user's best ``(indices, scores)``."""
 ResultT = TypeVar("ResultT")
+ItemT = TypeVar("ItemT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,50 +40,64 @@ class _Request(Generic[ResultT]):
     future: "asyncio.Future[ResultT]"
 
 
+class Window(Generic[ItemT]):
+    """Items gathered until the end of this loop iteration, or until ``wait`` seconds after the
+    first of them (a full batch of :data:`MAX_BATCH` does not wait), then handed to ``flush``
+    in batches of at most :data:`MAX_BATCH`."""
+
+    def __init__(self, flush: "Callable[[list[ItemT]], None]", wait: float = 0.0) -> None:
+        self._flush = flush
+        self._wait = wait
+        self._items: list[ItemT] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, item: ItemT) -> None:
+        self._items.append(item)
+        loop = asyncio.get_running_loop()
+        if len(self._items) == 1:
+            if self._wait > 0:
+                self._timer = loop.call_later(self._wait, self._due)
+            else:
+                loop.call_soon(self._due)
+        elif len(self._items) == MAX_BATCH and self._timer is not None:
+            self._timer.cancel()  # a full batch: no reason to wait longer
+            self._timer = None
+            loop.call_soon(self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        items, self._items = self._items, []
+        for start in range(0, len(items), MAX_BATCH):
+            self._flush(items[start : start + MAX_BATCH])
+
+
 class _Queue(Generic[ResultT]):
-    """Requests of one kind waiting for the end of this loop iteration, or ``wait`` seconds
-    after the first of them (a full batch does not wait), run as batched calls."""
+    """Requests of one kind run as batched calls, per :class:`Window`."""
 
     def __init__(
         self, run: "Callable[[list[_Request[ResultT]]], list[ResultT]]", wait: float = 0.0
     ) -> None:
         self._run = run
-        self._wait = wait
-        self._waiting: list[_Request[ResultT]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._window = Window[_Request[ResultT]](self._drain, wait)
 
     async def submit(
         self, index: int, vector: FloatArray, k: int = 0, exclude: Exclusion = ()
     ) -> ResultT:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ResultT] = loop.create_future()
-        self._waiting.append(_Request(index, vector, k, exclude, future))
-        if len(self._waiting) == 1:
-            if self._wait > 0:
-                self._timer = loop.call_later(self._wait, self._drain)
-            else:
-                loop.call_soon(self._drain)
-        elif len(self._waiting) == MAX_BATCH and self._timer is not None:
-            self._timer.cancel()  # a full batch: no reason to wait longer
-            self._timer = None
-            loop.call_soon(self._drain)
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        self._window.add(_Request(index, vector, k, exclude, future))
         return await future
 
-    def _drain(self) -> None:
-        self._timer = None
-        waiting, self._waiting = self._waiting, []
-        for start in range(0, len(waiting), MAX_BATCH):
-            batch = waiting[start : start + MAX_BATCH]
-            try:
-                results = self._run(batch)
-                if len(results) != len(batch):  # a broken backend: no row can be trusted
-                    raise ValueError(f"{len(results)} results for a batch of {len(batch)}")
-            except Exception as error:  # every waiter gets the failure, none hangs
-                _fail([request.future for request in batch], error)
-                continue
-            for result, request in zip(results, batch, strict=True):
-                if not request.future.done():
-                    request.future.set_result(result)
+    def _drain(self, batch: "list[_Request[ResultT]]") -> None:
+        try:
+            results = self._run(batch)
+            if len(results) != len(batch):  # a broken backend: no row can be trusted
+                raise ValueError(f"{len(results)} results for a batch of {len(batch)}")
+        except Exception as error:  # every waiter gets the failure, none hangs
+            _fail([request.future for request in batch], error)
+            return
+        for result, request in zip(results, batch, strict=True):
+            if not request.future.done():
+                request.future.set_result(result)
 
 
 class MicroBatcher:

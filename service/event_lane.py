@@ -23,7 +23,7 @@ import numpy as np
 from redis.exceptions import ResponseError
 
 from service import telemetry
-from service.batching import MAX_BATCH
+from service.batching import Window
 from service.outcome import Applied, Ranked, Ranking
 from service.runtime import NOTHING, FloatArray, IndexArray, appended
 from service.schemas import Event
@@ -65,41 +65,24 @@ class EventLane:
     Args:
         engine: the engine whose store, model, state cache and helpers the lane uses.
         wait: seconds the first waiting event waits for others (0: until the end of the
-            current loop iteration); a batch of :data:`MAX_BATCH` runs at once.
+            current loop iteration), as :class:`service.batching.Window`.
     """
 
     def __init__(self, engine: "Engine", wait: float = 0.0) -> None:
         self._engine = engine
-        self._wait = wait
-        self._waiting: list[_Entry] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._window = Window[_Entry](self._start, wait)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def apply(self, event: Event, index: int, ranking: Ranking) -> LaneOutcome:
         """Apply one event of a user whose lock the caller holds (:data:`LaneOutcome`)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[LaneOutcome] = loop.create_future()
-        self._waiting.append(_Entry(event, index, ranking, future))
-        if len(self._waiting) == 1:
-            if self._wait > 0:
-                self._timer = loop.call_later(self._wait, self._drain)
-            else:
-                loop.call_soon(self._drain)
-        elif len(self._waiting) == MAX_BATCH and self._timer is not None:
-            self._timer.cancel()  # a full batch: no reason to wait longer
-            self._timer = None
-            loop.call_soon(self._drain)
+        future: asyncio.Future[LaneOutcome] = asyncio.get_running_loop().create_future()
+        self._window.add(_Entry(event, index, ranking, future))
         return await future
 
-    def _drain(self) -> None:
-        self._timer = None
-        waiting, self._waiting = self._waiting, []
-        for start in range(0, len(waiting), MAX_BATCH):
-            task = asyncio.get_running_loop().create_task(
-                self._run(waiting[start : start + MAX_BATCH])
-            )
-            self._tasks.add(task)  # a reference until done: the loop keeps only weak ones
-            task.add_done_callback(self._tasks.discard)
+    def _start(self, batch: list[_Entry]) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)  # a reference until done: the loop keeps only weak ones
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, entries: list[_Entry]) -> None:
         """Step, rank and write one batch; every entry's future is resolved, whatever fails."""
