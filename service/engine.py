@@ -1,8 +1,10 @@
 """The serving logic: apply an event (load state → one model step → atomic write) and recommend.
 
-Per user, writes are serialised twice over: an in-process ``asyncio.Lock`` keeps one worker's
-concurrent requests for a user from racing at all, and the store's version check (CAS inside
-one Lua script) makes writers in other workers or replicas retry instead of overwriting.
+Per user, writes are serialised twice over: an in-process FIFO lock (service.user_locks) keeps
+one worker's concurrent requests for a user from racing at all, in arrival order, and the
+store's version check (CAS inside one Lua script) makes writers in other workers or replicas
+retry instead of overwriting. Events of users this worker wrote last are applied in batches
+(service.event_lane).
 Model compute runs inline on the event loop: a step plus top-k over 3,416 items holds it for
 under a millisecond on one CPU thread (benchmarks/RESULTS.md); a threadpool hop per event would
 add overhead without parallelism (one torch thread, small ops that mostly hold the GIL).
@@ -85,7 +87,7 @@ class Engine:
 
     def seen_after(self, appended: IndexArray, history: Sequence[str]) -> IndexArray:
         """:meth:`known` of ``history`` once an item is appended and the list is trimmed to
-        ``max_len`` as the store trims it, from ``appended`` (:meth:`_known` of the history and
+        ``max_len`` as the store trims it, from ``appended`` (:meth:`known` of the history and
         the item), without mapping every item again."""
         seen = appended
         dropped = len(history) + 1 - self.store.max_len
@@ -121,8 +123,7 @@ class Engine:
         if snap.state is None or snap.hidden is None:
             return None, None, False
         if not self.stale(snap):
-            state = np.frombuffer(snap.state, dtype=np.float32).reshape(self._state_shape)
-            return state, np.frombuffer(snap.hidden, dtype=np.float32), False
+            return self.state_of(snap), np.frombuffer(snap.hidden, dtype=np.float32), False
         known = self.known(snap.history)
         if len(known) == 0:  # nothing this model knows: restart from its zero state
             zero = np.zeros(self._state_shape, dtype=np.float32)
