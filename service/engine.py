@@ -166,16 +166,20 @@ class Engine:
 
         The read is skipped when this worker wrote the user last (service.state_cache); a
         refused write answers with the current record, so a retry needs no read either:
-        ``refused`` is such an answer to a write from this worker's copy (service.event_lane).
+        ``refused`` is such an answer to a write from this worker's copy (service.event_lane),
+        a conflict (retried from its record) or a duplicate event id (read again).
         """
         cached = self.cache.get(event.user_id, ranking.exclude_seen)
         snap = cached.snapshot if cached is not None and not self.stale(cached.snapshot) else None
         expected_token = cached.token if snap is not None and cached is not None else ""
         seen = cached.seen if snap is not None and cached is not None else None
         outcome = telemetry.CACHE_FRESH if expected_token else telemetry.CACHE_MISS
-        if refused is not None:  # the copy was stale: start from the record the write met
+        if refused is not None and refused.status == WriteStatus.CONFLICT:
+            # The copy was stale: start from the record the write met.
             snap, expected_token, seen = self._usable(refused.record), "", None
             outcome = telemetry.CACHE_STALE
+        elif refused is not None:  # a duplicate id: its first delivery may be newer, read it
+            snap, expected_token, seen, outcome = None, "", None, telemetry.CACHE_MISS
         attempt = 0  # only races with other writers count against the retry budget
         try:
             while attempt < self._max_retries:

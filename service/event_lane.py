@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError
 
 from service import telemetry
 from service.batching import Window
@@ -35,8 +35,9 @@ if TYPE_CHECKING:  # the engine owns the lane; only its type is needed here
 
 
 LaneOutcome = Applied | WriteResult | None
-"""An event applied in the lane; or refused by a conflict (the :class:`WriteResult` carries the
-record the write met), or not taken (None): either way the ordinary path applies it."""
+"""An event applied in the lane; or refused (a conflict, whose :class:`WriteResult` carries the
+record the write met, or a duplicate event id), or not taken (None): the ordinary path then
+applies it (``Engine._commit(refused=...)``)."""
 
 
 @dataclass(slots=True)
@@ -177,7 +178,7 @@ class EventLane:
             [(p.entry.event.user_id, p.write, p.cached.snapshot.history_loaded) for p in prepared]
         )
         for item, result in zip(prepared, results, strict=True):
-            if isinstance(result, ResponseError):
+            if isinstance(result, RedisError):
                 if not item.entry.future.done():
                     item.entry.future.set_exception(result)
             else:
@@ -189,10 +190,10 @@ class EventLane:
         newer than this worker's copy)."""
         engine, event = self._engine, item.entry.event
         if result.status not in (WriteStatus.WRITTEN, WriteStatus.ALREADY_WRITTEN):
-            engine.cache.drop(event.user_id)
+            if result.status == WriteStatus.CONFLICT:  # a duplicate wrote nothing: copy stands
+                engine.cache.drop(event.user_id)
             if not item.entry.future.done():
-                conflict = result.status == WriteStatus.CONFLICT
-                item.entry.future.set_result(result if conflict else None)
+                item.entry.future.set_result(result)
             return
         snapshot = item.cached.snapshot
         seen = None if item.appended is None else engine.seen_after(item.appended, snapshot.history)

@@ -214,6 +214,8 @@ class ScriptClient:
         (``ResponseError``) in its place. Connection errors and timeouts retry the whole list,
         so every command must be safe to run twice (the apply script is, by its writer token).
         """
+        if not commands:
+            return []
         failures = 0
         while True:
             try:

@@ -21,6 +21,7 @@ logger = logging.getLogger("service")
 FloatArray = NDArray[np.float32]
 IndexArray = NDArray[np.int64]
 Exclusion = Sequence[int] | IndexArray
+"""Item indices that one user must not be recommended."""
 
 NOTHING: IndexArray = np.empty(0, dtype=np.int64)
 """No exclusions (read only)."""
@@ -33,9 +34,6 @@ def appended(indices: IndexArray, index: int) -> IndexArray:
     out[:-1] = indices
     out[-1] = index
     return out
-
-
-"""Item indices that one user must not be recommended."""
 
 
 class Stepper(Protocol):

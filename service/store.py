@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError
 
 from service import telemetry
 from service.resp import Arg, fast_script_client
@@ -277,10 +277,11 @@ class UserStore:
 
     async def write_many(
         self, writes: list[tuple[str, Write, bool | None]]
-    ) -> list[WriteResult | ResponseError]:
+    ) -> list[WriteResult | RedisError]:
         """:meth:`write` of each ``(user_id, write, refresh)`` in one pipelined round trip (the
         script connection; concurrent calls through redis-py over TLS or a unix socket). A
-        write's command error is returned in its place; a connection failure raises."""
+        write's own error is returned in its place (on redis-py, also a connection error: the
+        other writes may have landed); a failure of the pipelined connection raises."""
         calls = [
             (self.keys(user), self._write_args(write, refresh)) for user, write, refresh in writes
         ]
@@ -294,9 +295,9 @@ class UserStore:
                     *(self._apply(keys=keys, args=args) for keys, args in calls),
                     return_exceptions=True,
                 )
-        results: list[WriteResult | ResponseError] = []
+        results: list[WriteResult | RedisError] = []
         for reply, (_, _, refresh) in zip(replies, writes, strict=True):
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, RedisError):
                 results.append(reply)
             elif isinstance(reply, BaseException):
                 raise reply

@@ -110,6 +110,7 @@ def test_a_pipelined_list_keeps_each_commands_reply_or_error_in_its_place(
         ]
         replies = await client.evalsha_many(ECHO_SHA, ECHO, calls)
         errors = await client.call_many([("SET", "s", "v"), ("INCR", "s"), ("GET", "s")])
+        assert await client.call_many([]) == []  # nothing to send: answered at once
         return [*replies, *errors]
 
     replies = run(redis_url, body)
