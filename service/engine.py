@@ -35,7 +35,7 @@ from service.schemas import (
     UserInfo,
 )
 from service.settings import Settings
-from service.state_cache import StateCache
+from service.state_cache import Cached, StateCache
 from service.store import Snapshot, UserStore, Write, WriteResult, WriteStatus
 from service.user_locks import UserLocks
 
@@ -280,13 +280,13 @@ class Engine:
         user_id = event.user_id
         try:
             # Taken before any await, so a user's events hold the lock in arrival order.
-            lane = self._lane if self._takes_lane(user_id, index, ranking) else None
-            if lane is None:
+            copy = self._lane_copy(user_id, index, ranking)
+            if copy is None:
                 await self.locks.acquire(user_id)
             try:
                 refused = None
-                if lane is not None and index is not None:
-                    outcome = await lane.apply(event, index, ranking)
+                if self._lane is not None and copy is not None and index is not None:
+                    outcome = await self._lane.apply(event, index, ranking, copy)
                     if isinstance(outcome, Applied):
                         return outcome
                     refused = outcome
@@ -311,14 +311,16 @@ class Engine:
             ranked if k > 0 else None,
         )  # fmt: skip
 
-    def _takes_lane(self, user_id: str, index: int | None, ranking: Ranking) -> bool:
-        """Whether an event goes to the batched lane (service.event_lane): a known item, a user
-        whose record this worker holds, and that user's lock free (then taken)."""
-        return (
-            self._lane is not None and index is not None
-            and self.cache.get(user_id, ranking.exclude_seen) is not None
-            and self.locks.take(user_id)
-        )  # fmt: skip
+    def _lane_copy(self, user_id: str, index: int | None, ranking: Ranking) -> Cached | None:
+        """This worker's copy of the user's record when the event goes to the batched lane
+        (service.event_lane): a known item, a usable copy, and the user's lock free (then
+        taken); None otherwise."""
+        if self._lane is None or index is None:
+            return None
+        cached = self.cache.get(user_id, ranking.exclude_seen)
+        if cached is None or self.stale(cached.snapshot) or not self.locks.take(user_id):
+            return None
+        return cached
 
     async def _top_k(
         self, hidden: FloatArray | None, k: int, exclude: IndexArray

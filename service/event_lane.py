@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # the engine owns the lane; only its type is needed here
 
 LaneOutcome = Applied | WriteResult | None
 """An event applied in the lane; or refused (a conflict, whose :class:`WriteResult` carries the
-record the write met, or a duplicate event id), or not taken (None): the ordinary path then
-applies it (``Engine._commit(refused=...)``)."""
+record the write met, or a duplicate event id), or left unanswered when its batch task was
+cancelled (None): the ordinary path then applies it (``Engine._commit(refused=...)``)."""
 
 
 @dataclass(slots=True)
@@ -45,6 +45,8 @@ class _Entry:
     event: Event
     index: int
     ranking: Ranking
+    cached: Cached
+    """This worker's copy of the user's record (its lock held since: the copy cannot change)."""
     future: "asyncio.Future[LaneOutcome]"
 
 
@@ -74,10 +76,13 @@ class EventLane:
         self._window = Window[_Entry](self._start, wait)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def apply(self, event: Event, index: int, ranking: Ranking) -> LaneOutcome:
-        """Apply one event of a user whose lock the caller holds (:data:`LaneOutcome`)."""
+    async def apply(
+        self, event: Event, index: int, ranking: Ranking, cached: Cached
+    ) -> LaneOutcome:
+        """Apply one event from ``cached``, a usable copy of its user's record, whose lock the
+        caller holds (:data:`LaneOutcome`)."""
         future: asyncio.Future[LaneOutcome] = asyncio.get_running_loop().create_future()
-        self._window.add(_Entry(event, index, ranking, future))
+        self._window.add(_Entry(event, index, ranking, cached, future))
         return await future
 
     def _start(self, batch: list[_Entry]) -> None:
@@ -101,17 +106,8 @@ class EventLane:
                     entry.future.set_result(None)
 
     def _prepare(self, entries: list[_Entry]) -> list[_Prepared]:
-        """The batch's model call(s) and writes, for the entries with a usable copy."""
-        engine = self._engine
-        usable: list[tuple[_Entry, Cached]] = []
-        for entry in entries:
-            if entry.future.done():  # the caller was cancelled
-                continue
-            cached = engine.cache.get(entry.event.user_id, entry.ranking.exclude_seen)
-            if cached is None or engine.stale(cached.snapshot):
-                entry.future.set_result(None)
-            else:
-                usable.append((entry, cached))
+        """The batch's model call(s) and writes (a cancelled caller's event is left out)."""
+        usable = [(entry, entry.cached) for entry in entries if not entry.future.done()]
         if not usable:
             return []
         seen = [self._seen(entry, cached) for entry, cached in usable]
