@@ -191,6 +191,12 @@ def _write_result(reply: list[Any], refresh: bool | None) -> WriteResult:
     return WriteResult(result.status, result.events_applied, result.version, record)
 
 
+def _text(script: "AsyncScript") -> str | bytes:
+    """A registered script's source, as the script client sends it."""
+    text = script.script
+    return bytes(text) if isinstance(text, memoryview) else text
+
+
 def create_redis(
     url: str, timeout_seconds: float, retries: int, max_connections: int
 ) -> "aioredis.Redis":
@@ -237,9 +243,7 @@ class UserStore:
 
     async def _run(self, script: "AsyncScript", keys: tuple[str, str, str], args: list[Arg]) -> Any:
         if self._fast is not None:
-            text = script.script
-            text = bytes(text) if isinstance(text, memoryview) else text
-            return await self._fast.evalsha(script.sha, text, keys, args)
+            return await self._fast.evalsha(script.sha, _text(script), keys, args)
         return await script(keys=keys, args=args)
 
     async def aclose(self) -> None:
@@ -287,9 +291,7 @@ class UserStore:
         ]
         with telemetry.redis_timer("apply"):
             if self._fast is not None:
-                text = self._apply.script
-                text = bytes(text) if isinstance(text, memoryview) else text
-                replies = await self._fast.evalsha_many(self._apply.sha, text, calls)
+                replies = await self._fast.evalsha_many(self._apply.sha, _text(self._apply), calls)
             else:
                 replies = await asyncio.gather(
                     *(self._apply(keys=keys, args=args) for keys, args in calls),
