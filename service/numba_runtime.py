@@ -15,6 +15,7 @@ History rebuilds and the cold-start vector are rare and stay in PyTorch
 
 import logging
 from collections.abc import Sequence
+from itertools import chain
 from typing import TypeVar
 
 import numpy as np
@@ -104,13 +105,12 @@ def _concatenated(lists: Sequence[Exclusion]) -> tuple[IndexArray, IndexArray]:
         starts.append(total)
     if not total:
         return np.empty(0, dtype=np.int64), np.array(starts, dtype=np.int64)
-    # The service passes arrays (each event's seen items, up to max_len of them): joined in C,
-    # not one Python int at a time (≈ 54 µs for 4 × 100 items that way, 2-3 µs this way).
-    arrays = [
-        entries if isinstance(entries, np.ndarray) else np.asarray(entries, dtype=np.int64)
-        for entries in lists
-    ]
-    flat = np.concatenate(arrays, dtype=np.int64, casting="same_kind")  # 1-D lists only
+    if all(isinstance(entries, np.ndarray) for entries in lists):
+        # The service's arrays (each event's seen items, up to max_len of them) are joined in
+        # C: iterated one int at a time they cost ≈ 54 µs for 4 × 100 items, this ≈ 3 µs.
+        flat = np.concatenate(lists, dtype=np.int64, casting="same_kind")
+    else:  # Python sequences: one pass over their ints beats converting each list first
+        flat = np.fromiter(chain.from_iterable(lists), np.int64, total)
     return flat, np.array(starts, dtype=np.int64)
 
 

@@ -222,6 +222,26 @@ def test_numba_top_k_of_a_large_k_or_batch_matches_torch(tiny_artifact: Path) ->
             np.testing.assert_allclose(values, expected_values, atol=SCORE_TOLERANCE)
 
 
+@pytest.mark.parametrize("form", ["arrays", "lists", "mixed"])
+def test_numba_top_k_takes_exclusions_as_arrays_or_lists(tiny_artifact: Path, form: str) -> None:
+    """Arrays (what the service passes) are joined apart from Python lists: both rank alike."""
+    stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
+    reference = build_stepper("torch", load_artifact(tiny_artifact), "cpu")
+    generator = np.random.default_rng(5)
+    hidden = generator.normal(size=(4, 16)).astype(np.float32)
+    lists = [generator.integers(1, TINY_N_ITEMS + 1, size=size).tolist() for size in (0, 3, 9, 1)]
+    exclude: list[list[int] | np.ndarray] = {
+        "arrays": [np.array(entries, dtype=np.int64) for entries in lists],
+        "lists": list(lists),
+        "mixed": [np.array(lists[0], dtype=np.int64), lists[1], np.array(lists[2]), lists[3]],
+    }[form]
+    for (indices, values), (expected_indices, expected_values) in zip(
+        stepper.top_k(hidden, 5, exclude), reference.top_k(hidden, 5, lists), strict=True
+    ):
+        np.testing.assert_array_equal(indices, expected_indices)
+        np.testing.assert_allclose(values, expected_values, atol=SCORE_TOLERANCE)
+
+
 def test_numba_backend_refuses_bad_input_instead_of_reading_out_of_bounds(
     tiny_artifact: Path,
 ) -> None:
