@@ -6,50 +6,20 @@ documents and errors as the ASGI path, and HTTP/1.1 kept intact (keep-alive, pip
 import json
 import logging
 import socket
-import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from service.embedded_redis import EmbeddedRedis, free_port
+from service.embedded_redis import EmbeddedRedis
 from service.fast_events import EventsFastPath
-from service.http_protocol import HTTP_PROTOCOL, events_fast_path
+from service.http_protocol import events_fast_path
 from service.main import create_app
 from service.settings import Settings
-
-Answer = tuple[int, dict[str, str], bytes]
-
-
-@contextmanager
-def serving(settings: Settings, log_level: str = "warning") -> Iterator[tuple[FastAPI, int]]:
-    """The service under uvicorn with ``HTTP_PROTOCOL`` in a thread, on a free port (with
-    uvicorn's access log when ``log_level`` is ``info``)."""
-    app = create_app(settings)
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=HTTP_PROTOCOL, log_level=log_level
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited during start-up"
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield app, port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+from tests.service.wire import exchange, read_answers, request, serving, spy_on_direct_calls
 
 
 @pytest.fixture
@@ -58,58 +28,9 @@ def served(settings: Settings) -> Iterator[tuple[FastAPI, int]]:
         yield running
 
 
-def spy_on_direct_calls(app: FastAPI) -> list[str]:
-    """Paths of the requests the direct path is handed from now on (a spy on the instance)."""
-    fast_path: EventsFastPath = app.fast_events  # type: ignore[attr-defined]
-    answer = fast_path.answer_cycle
-    calls: list[str] = []
-
-    def spy(cycle: RequestResponseCycle, app: Any) -> Awaitable[None]:
-        calls.append(cycle.scope["path"])
-        return answer(cycle, app)
-
-    fast_path.answer_cycle = spy  # type: ignore[method-assign,assignment]
-    return calls
-
-
 @pytest.fixture
 def direct_calls(served: tuple[FastAPI, int]) -> list[str]:
     return spy_on_direct_calls(served[0])
-
-
-def request(path: str, body: Mapping[str, object] | bytes, *headers: str) -> bytes:
-    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-    head = [f"POST {path} HTTP/1.1", "Host: test", "Content-Type: application/json", *headers]
-    if not any(header.lower().startswith("transfer-encoding") for header in headers):
-        head.append(f"Content-Length: {len(payload)}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
-
-
-def read_answers(sock: socket.socket, count: int) -> list[Answer]:
-    """``count`` responses (status, lower-cased headers, body) read by Content-Length."""
-    buffer, answers = b"", list[Answer]()
-    while len(answers) < count:
-        while b"\r\n\r\n" not in buffer:
-            chunk = sock.recv(65536)
-            assert chunk, "the server closed the connection early"
-            buffer += chunk
-        head, buffer = buffer.split(b"\r\n\r\n", 1)
-        status_line, *lines = head.decode().split("\r\n")
-        if status_line.split()[1] == "100":  # "100 Continue" precedes the answer
-            continue
-        headers = dict(line.lower().split(": ", 1) for line in lines)
-        length = int(headers["content-length"])
-        while len(buffer) < length:
-            buffer += sock.recv(65536)
-        answers.append((int(status_line.split()[1]), headers, buffer[:length]))
-        buffer = buffer[length:]
-    return answers
-
-
-def exchange(port: int, payload: bytes, count: int = 1) -> list[Answer]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(payload)
-        return read_answers(sock, count)
 
 
 def test_the_direct_path_is_found_through_uvicorns_wrappers(settings: Settings) -> None:
@@ -175,7 +96,10 @@ CHUNKED = b"POST /events HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r
     ids=["bad-query", "bad-json", "expect-100-continue", "chunked-body"],
 )
 def test_requests_the_direct_path_declines_get_the_full_apps_answer(
-    served: tuple[FastAPI, int], direct_calls: list[str], payload: bytes, status: int
+    served: tuple[FastAPI, int],
+    direct_calls: list[str],
+    payload: bytes,
+    status: int,
 ) -> None:
     ((answered, _, body),) = exchange(served[1], payload)
     assert answered == status, body
