@@ -48,9 +48,11 @@ def hold_events(app: FastAPI) -> threading.Event:
 
 
 def events_applied(port: int, user_id: str) -> int:
-    """The user's ``events_applied`` as ``GET /users/{id}`` reports it."""
+    """The user's ``events_applied`` as ``GET /users/{id}`` reports it (0 before any)."""
     head = f"GET /users/{user_id} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
     ((status, _, body),) = exchange(port, head)
+    if status == 404:  # nothing stored yet
+        return 0
     assert status == 200, body
     return int(json.loads(body)["events_applied"])
 
