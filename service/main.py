@@ -19,6 +19,7 @@ from service.embedded_redis import EmbeddedRedis
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.fast_events import EventsFastPath
+from service.ingest import Ingest
 from service.limits import BodySizeLimitMiddleware
 from service.quantized_onnx import with_quantized_scoring
 from service.routes import router
@@ -96,6 +97,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(close_redis)
         app.state.engine = engine
         _warm_up(engine)
+        if settings.ingest_port is not None:
+            ingest = Ingest(app)
+            await ingest.start(settings.ingest_host, settings.ingest_port)
+            stack.push_async_callback(ingest.aclose)  # before Redis closes: answers finish
         telemetry.set_model(engine.model_version, engine.model_type, backend, engine.n_items)
         await engine.ready()
         logger.info(

@@ -89,6 +89,13 @@ def bench(
             help="LRUREC_MICRO_BATCH of every server: batch concurrent events' model calls."
         ),
     ] = False,
+    ingest: Annotated[
+        bool,
+        typer.Option(
+            help="Send the events to each server's ingest port (LRUREC_INGEST_PORT: POST "
+            "/events over the service's own lean HTTP/1.1 protocol) instead of the main port."
+        ),
+    ] = False,
     out: Annotated[Path, typer.Option(help="Artifacts and results JSON go here.")] = Path(
         "benchmarks/out/service_bench"
     ),
@@ -119,7 +126,7 @@ def bench(
     layouts = [(f"{w} worker{'s' if int(w) > 1 else ''}", int(w), 1) for w in workers.split(",")]
     if replicas > 1:
         layouts.append((f"{replicas} replicas", 1, replicas))
-    sweeps = _sweep_all(models.split(","), layouts, lrurec_backend, micro_batch, spec, out)
+    sweeps = _sweep_all(models.split(","), layouts, lrurec_backend, micro_batch, spec, out, ingest)
     results = {f"{m}/{w}": {"rows": r, "knee": knee(r, slo_p99_ms)} for (m, w), r in sweeps.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -132,7 +139,7 @@ def bench(
 
 def _sweep_all(
     models: list[str], layouts: list[tuple[str, int, int]], lrurec_backend: str,
-    micro_batch: bool, spec: SweepSpec, out: Path,
+    micro_batch: bool, spec: SweepSpec, out: Path, ingest: bool = False,
 ) -> dict[tuple[str, str], list[Row]]:  # fmt: skip
     """Every (model, layout) configuration in turn, each printed as it completes.
 
@@ -145,11 +152,12 @@ def _sweep_all(
         backend = lrurec_backend if model == "lrurec" else "torch"
         for label, workers, replicas in layouts:
             batching = ", micro-batching" if micro_batch else ""
+            batching += ", ingest port" if ingest else ""
             typer.echo(f"\n## {model} ({backend}{batching}), {label}")
             settings = {"LRUREC_BACKEND": backend, "LRUREC_MICRO_BATCH": str(micro_batch).lower()}
             rows = sweep_configuration(
                 artifact, workers, replicas, settings, item_ids, spec,
-                lambda row: typer.echo(json.dumps(row)),
+                lambda row: typer.echo(json.dumps(row)), ingest,
             )  # fmt: skip
             sweeps[(model, label)] = rows
             typer.echo(_table(rows))

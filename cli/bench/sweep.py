@@ -203,13 +203,15 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
 
 def sweep_configuration(
     artifact: Path, workers: int, replicas: int, settings: dict[str, str],
-    item_ids: list[str], spec: SweepSpec, report: Callable[[Row], None],
+    item_ids: list[str], spec: SweepSpec, report: Callable[[Row], None], ingest: bool = False,
 ) -> list[Row]:  # fmt: skip
     """Start the service, pre-fill users, measure every rate, stop the service.
 
     ``replicas > 1`` starts that many ``lrurec serve --workers <workers>`` processes on their own
     ports sharing one redis-server, and the load generator spreads its connections over them
-    evenly (as a load balancer would); otherwise one process serves on one port.
+    evenly (as a load balancer would); otherwise one process serves on one port. With
+    ``ingest`` every process also opens its ingest port (``LRUREC_INGEST_PORT``), and the
+    events go there instead of the main port.
     """
     with ExitStack() as stack:
         extra_roots: list[int] = []
@@ -218,7 +220,14 @@ def sweep_configuration(
             settings = {**settings, "LRUREC_REDIS_URL": redis.url}
             extra_roots = [redis.pid] if redis.pid is not None else []
         ports = [free_port() for _ in range(max(1, replicas))]
-        servers = [start_server(artifact, workers, port, settings) for port in ports]
+        ingest_ports = [free_port() for _ in ports]
+        servers = [
+            start_server(
+                artifact, workers, port,
+                {**settings, "LRUREC_INGEST_PORT": str(ingest_port)} if ingest else settings,
+            )
+            for port, ingest_port in zip(ports, ingest_ports, strict=True)
+        ]  # fmt: skip
         for server in servers:
             stack.callback(_stop, server)
         for server, port in zip(servers, ports, strict=True):
@@ -226,4 +235,5 @@ def sweep_configuration(
         prefill(ports[0], item_ids, spec.users, spec.prefill_events)
         requests = event_requests(item_ids, spec.users, spec.k)
         roots = [server.pid for server in servers] + extra_roots
-        return measure_rates(roots, ports, requests, spec, report)
+        targets = ingest_ports if ingest else ports
+        return measure_rates(roots, targets, requests, spec, report)

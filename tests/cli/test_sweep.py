@@ -1,0 +1,24 @@
+"""The service sweep end to end (cli.bench.sweep): a real ``lrurec serve`` subprocess with its
+embedded redis-server, pre-filled, then one low open-loop rate, on the main port and on the
+ingest port (``--ingest``)."""
+
+from pathlib import Path
+
+import pytest
+
+from cli.bench.sweep import SweepSpec, sweep_configuration
+from tests.conftest import TINY_ITEM_IDS
+
+
+@pytest.mark.parametrize("ingest", [False, True], ids=["main-port", "ingest-port"])
+def test_a_low_rate_is_carried_without_errors(tiny_artifact: Path, ingest: bool) -> None:
+    spec = SweepSpec(rates=(40.0,), duration=1.5, warmup=0.5, k=3, users=5, connections=4)
+    rows = sweep_configuration(
+        tiny_artifact, 1, 1, {"LRUREC_BACKEND": "numba"}, list(TINY_ITEM_IDS), spec,
+        lambda _: None, ingest,
+    )  # fmt: skip
+    (row,) = rows
+    assert row["errors"] == 0
+    assert row["dropped"] == 0
+    assert int(row["samples"]) > 30  # ≈ 40/s over 1.5 s
+    assert float(row["server_cpu_ms_per_event"]) > 0  # the server, not the client, answered
