@@ -1,13 +1,14 @@
 """The ingest listener (``LRUREC_INGEST_PORT``): ``POST /events`` only, over a small HTTP/1.1
 protocol of its own on the worker's engine, next to the full API on the main port.
 
-Why a second listener: on one worker at 2,500-3,000 events/s, uvicorn's per-request machinery
-and the fast path's hand-over around it (request cycle, scope, ASGI-shaped checks, completion,
-keep-alive timer per response) took ≈ 50 µs of Python per event, spread over a dozen steps;
-answering the same requests from a bare parser on the same engine measured 0.27-0.28 ms of the
-worker's CPU per event instead of 0.31-0.32 ms, and p99 6-17 ms instead of 37-254 ms at
-3,000/s (benchmarks/RESULTS.md, issue 5, session 8). A producer streaming events uses this
-port; everything else (recommendations, users, batches, metrics, docs) stays on the main one.
+Why a second listener: on one worker at 3,000 events/s, answering ``POST /events`` from a bare
+parser on the same engine used 0.25-0.28 ms of the worker's CPU per event against 0.28-0.32 ms
+through uvicorn, and p99 fell from 21-254 ms to 6-21 ms. The difference is a dozen steps of
+1-10 µs each in uvicorn's per-request machinery and the hand-over around it (scope and request
+cycle, per-header callbacks, checks, completion, a keep-alive timer per response), which two
+attempts inside uvicorn's protocol did not remove (benchmarks/RESULTS.md, issue 5, session 8).
+A producer streaming events uses this port; everything else (recommendations, users, batches,
+metrics, docs) stays on the main one.
 
 What it speaks: HTTP/1.1 and 1.0; keep-alive, closed after 5 s without a request;
 pipelined requests answered in order; bodies by Content-Length or chunked, up to
