@@ -88,8 +88,11 @@ class IngestProtocol(asyncio.Protocol):
         lowered = name.lower()
         if lowered == b"x-api-key":
             self.reading.api_key = value
-        elif lowered == b"expect" and value.lower() == b"100-continue" and self.transport:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif lowered == b"expect" and value.lower() == b"100-continue" and self._idle():
+            # Only when nothing is being answered: written now, an interim response would
+            # come before the final one of a request ahead of it. A client that gets none
+            # sends its body after a short wait (RFC 9110, 10.1.1).
+            cast(asyncio.Transport, self.transport).write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_headers_complete(self) -> None:
         request = self.reading
@@ -111,6 +114,10 @@ class IngestProtocol(asyncio.Protocol):
             self.paused = True
         if not self.busy:
             self._next()
+
+    def _idle(self) -> bool:
+        """Connected, and no request being answered or waiting."""
+        return self.transport is not None and not self.busy and not self.queued
 
     # Answering
     def _next(self) -> None:

@@ -240,3 +240,22 @@ def test_ingest_requests_are_timed_under_the_route_template(
     exchange(ingest, request("/users/x", EVENT))
     after = count("/events", "POST", "2xx"), count("<unmatched>", "POST", "4xx")
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
+def test_no_interim_100_continue_overtakes_an_answer_in_progress(
+    ports: tuple[FastAPI, int, int],
+) -> None:
+    app, _, ingest = ports
+    release = hold_events(app)
+    waiting = request("/events", {**EVENT, "user_id": "c2"}, "Expect: 100-continue")
+    with socket.create_connection(("127.0.0.1", ingest), timeout=10) as sock:
+        sock.sendall(request("/events", EVENT) + waiting)
+        time.sleep(0.3)
+        release.set()
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 2:
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed the connection early"
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200")  # the first request's answer comes first
+    assert b"100 Continue" not in received
