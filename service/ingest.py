@@ -80,19 +80,23 @@ class Ingest:
         logger.info("ingest listener (POST /events) on %s:%d", host, port)
 
     async def aclose(self) -> None:
-        """Stop accepting; answer what is in progress (up to :data:`SHUTDOWN_SECONDS`), close
-        idle connections at once."""
+        """Stop accepting; close idle connections at once, answer the requests already read
+        on the others (up to :data:`SHUTDOWN_SECONDS`, with ``connection: close`` on the
+        last), then abort what is left."""
         if self.server is not None:
             self.server.close()
         for connection in list(self.connections):
             connection.shutdown()
         deadline = time.monotonic() + SHUTDOWN_SECONDS
         while self.tasks and (left := deadline - time.monotonic()) > 0:
-            await asyncio.wait(set(self.tasks), timeout=left)  # queued answers start new ones
+            # Each answer starts the next queued one: wait until none is left.
+            await asyncio.wait(set(self.tasks), timeout=left)
         for connection in list(self.connections):
             connection.abort()
-        for task in list(self.tasks):
+        tasks = list(self.tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # unwound before Redis closes
 
     def date(self) -> bytes:
         """The ``date`` header's value, formatted once a second."""

@@ -98,7 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.engine = engine
         _warm_up(engine)
         if settings.ingest_port is not None:
-            ingest = Ingest(app)
+            ingest = app.state.ingest = Ingest(app)
             await ingest.start(settings.ingest_host, settings.ingest_port)
             stack.push_async_callback(ingest.aclose)  # before Redis closes: answers finish
         telemetry.set_model(engine.model_version, engine.model_type, backend, engine.n_items)
