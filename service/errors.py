@@ -63,6 +63,16 @@ class NotFoundError(ServiceError):
     kind = "not_found"
 
 
+class MethodNotAllowedError(ServiceError):
+    status_code = 405
+    kind = "method_not_allowed"
+
+
+class BodyTooLargeError(ServiceError):
+    status_code = 413
+    kind = "body_too_large"
+
+
 def error_response(
     status_code: int, kind: str, message: str, extra: dict[str, Any] | None = None
 ) -> Response:

@@ -32,7 +32,12 @@ from starlette.responses import Response
 
 from service import telemetry
 from service.engine import Engine
-from service.errors import NotFoundError, ServiceError, UnauthorizedError
+from service.errors import (
+    BodyTooLargeError,
+    MethodNotAllowedError,
+    NotFoundError,
+    UnauthorizedError,
+)
 from service.ingest_protocol import JSON_HEADERS, Headers, IngestProtocol, IngestRequest
 from service.parsing import parse_event, parse_event_query
 
@@ -42,16 +47,6 @@ ROUTE = b"/events"
 SHUTDOWN_SECONDS = 10.0
 """How long a shutdown waits for requests in progress before closing their connections."""
 QUERY_CACHE_SIZE = 256
-
-
-class MethodNotAllowedError(ServiceError):
-    status_code = 405
-    kind = "method_not_allowed"
-
-
-class BodyTooLargeError(ServiceError):
-    status_code = 413
-    kind = "body_too_large"
 
 
 class Ingest:

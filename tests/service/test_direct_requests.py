@@ -3,20 +3,19 @@ corners on a real uvicorn server (HTTP/1.0, a body in several packets, an oversi
 request queued behind one in progress, a graceful shutdown, and a client that leaves while its
 event is being applied)."""
 
-import asyncio
 import json
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
 from service.settings import Settings
 from tests.service.wire import (
+    events_applied,
     exchange,
+    hold_events,
     read_answers,
     request,
     running,
@@ -31,30 +30,6 @@ EVENT = {"user_id": "w1", "item_id": "item-1"}
 def served(settings: Settings) -> Iterator[tuple[FastAPI, int]]:
     with serving(settings) as server:
         yield server
-
-
-def hold_events(app: FastAPI) -> threading.Event:
-    """Make every event wait in the engine until the returned event is set."""
-    engine = app.state.engine
-    apply = engine.apply
-    release = threading.Event()
-
-    async def held(*arguments: Any) -> Any:
-        await asyncio.to_thread(release.wait, 30)  # set from the test's thread
-        return await apply(*arguments)
-
-    engine.apply = held
-    return release
-
-
-def events_applied(port: int, user_id: str) -> int:
-    """The user's ``events_applied`` as ``GET /users/{id}`` reports it (0 before any)."""
-    head = f"GET /users/{user_id} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
-    ((status, _, body),) = exchange(port, head)
-    if status == 404:  # nothing stored yet
-        return 0
-    assert status == 200, body
-    return int(json.loads(body)["events_applied"])
 
 
 def test_an_http_1_0_event_is_answered_and_the_connection_closed(

@@ -3,13 +3,11 @@ own small HTTP/1.1 protocol gives the same documents and errors as the main port
 HTTP/1.1 intact (keep-alive, pipelining, HTTP/1.0, chunked bodies, 100-continue, a bad request,
 the idle timeout, a graceful shutdown, Redis down)."""
 
-import asyncio
 import contextlib
 import json
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,15 @@ from service import ingest_protocol
 from service.embedded_redis import EmbeddedRedis, free_port
 from service.ingest import Ingest
 from service.settings import Settings
-from tests.service.wire import exchange, read_answers, request, running
+from tests.service.wire import (
+    events_applied,
+    exchange,
+    hold_events,
+    read_answers,
+    request,
+    running,
+    wait_until,
+)
 
 EVENT = {"user_id": "i1", "item_id": "item-1"}
 
@@ -177,27 +183,6 @@ def test_an_idle_connection_is_closed(
         assert sock.recv(1) == b""  # closed by the server, not by the 10 s socket timeout
         assert time.monotonic() - started < 2  # the 0.3 s limit, not the default 5 s
     assert status == 200
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
-
-
-def hold_events(app: FastAPI) -> threading.Event:
-    """Make every event wait in the engine until the returned event is set."""
-    engine = app.state.engine
-    apply = engine.apply
-    release = threading.Event()
-
-    async def held(*arguments: Any) -> Any:
-        await asyncio.to_thread(release.wait, 30)  # set from the test's thread
-        return await apply(*arguments)
-
-    engine.apply = held
-    return release
 
 
 def test_a_shutdown_answers_the_event_in_progress_then_closes(settings: Settings) -> None:
@@ -379,9 +364,3 @@ def test_a_client_that_does_not_read_its_answers_stops_being_read(
     assert paused
     assert buffered < 256 * 1024
     assert events_applied(ports[1], "i1") < 3000
-
-
-def events_applied(port: int, user_id: str) -> int:
-    head = f"GET /users/{user_id} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
-    ((status, _, body),) = exchange(port, head)
-    return int(json.loads(body)["events_applied"]) if status == 200 else 0

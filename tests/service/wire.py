@@ -2,11 +2,12 @@
 service's protocol (service.http_protocol) in a thread, raw requests, responses read by
 Content-Length, and a spy on the path that answers ``POST /events`` from uvicorn's cycle."""
 
+import asyncio
 import json
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -103,3 +104,35 @@ def exchange(port: int, payload: bytes, count: int = 1) -> list[Answer]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(payload)
         return read_answers(sock, count)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``condition`` every 10 ms until it holds (fails after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def hold_events(app: FastAPI) -> threading.Event:
+    """Make every event wait in the engine until the returned event is set."""
+    engine = app.state.engine
+    apply = engine.apply
+    release = threading.Event()
+
+    async def held(*arguments: Any) -> Any:
+        await asyncio.to_thread(release.wait, 30)  # set from the test's thread
+        return await apply(*arguments)
+
+    engine.apply = held
+    return release
+
+
+def events_applied(port: int, user_id: str) -> int:
+    """The user's ``events_applied`` as ``GET /users/{id}`` reports it (0 before any)."""
+    head = f"GET /users/{user_id} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    ((status, _, body),) = exchange(port, head)
+    if status == 404:  # nothing stored yet
+        return 0
+    assert status == 200, body
+    return int(json.loads(body)["events_applied"])
