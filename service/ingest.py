@@ -112,7 +112,7 @@ class Ingest:
 
     def check(self, request: IngestRequest) -> None:
         """Raise the error a request gets before anything is applied (404, 405, 413, 401)."""
-        if request.url.split(b"?", 1)[0] != ROUTE:
+        if request.path != ROUTE:
             raise NotFoundError("the ingest port serves POST /events only")
         if request.method != b"POST":
             raise MethodNotAllowedError("the ingest port serves POST /events only")
@@ -133,14 +133,14 @@ class Ingest:
         start = time.perf_counter()
         try:
             self.check(request)
-            k, exclude_seen = self.query(request.url.partition(b"?")[2])
+            k, exclude_seen = self.query(request.query)
             outcome = await self.engine.apply(parse_event(bytes(request.body)), k, exclude_seen)
             answer: tuple[int, bytes, Headers] = (200, outcome.json(), JSON_HEADERS)
         except Exception as error:
             answer = await self.error(error)
         # Labels as the main port's (route template or <unmatched>), bounded however odd the
         # request: a method other than POST is counted as OTHER.
-        route = "/events" if request.url.split(b"?", 1)[0] == ROUTE else "<unmatched>"
+        route = "/events" if request.path == ROUTE else "<unmatched>"
         method = "POST" if request.method == b"POST" else "OTHER"
         status = f"{answer[0] // 100}xx"
         telemetry.http_histogram(route, method, status).observe(time.perf_counter() - start)

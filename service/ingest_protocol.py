@@ -29,12 +29,15 @@ class IngestRequest:
     """One request as read: target, body, and what its headers said."""
 
     __slots__ = (
-        "api_key", "body", "expect_continue", "head_done", "keep_alive", "method", "too_large",
-        "url",
+        "api_key", "body", "expect_continue", "head_done", "keep_alive", "method", "path",
+        "query", "too_large", "url",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self.url = b""
+        self.path = b""
+        self.query = b""
+        """``url``'s path and query string, split once its headers are read."""
         self.method = b""
         self.body = bytearray()
         self.api_key: bytes | None = None
@@ -133,6 +136,7 @@ class IngestProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         request, parser = self.reading, self.parser
         request.head_done = True
+        request.path, _, request.query = request.url.partition(b"?")
         request.method = parser.get_method()
         http_1_0 = parser.get_http_version() == "1.0"
         # As uvicorn: an HTTP/1.0 connection closes after its answer.
