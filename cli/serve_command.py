@@ -63,18 +63,6 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    busy_poll_us: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            max=1_000_000,
-            help="After each request, keep polling for this many microseconds instead of "
-            "sleeping until the next: lower tail latency under steady load, but each worker "
-            "uses a whole core while busy (give it one of its own). Default: "
-            "LRUREC_BUSY_POLL_US, else 0 (off).",
-            show_default=False,
-        ),
-    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
@@ -95,8 +83,6 @@ def serve(
         environment = {"LRUREC_ARTIFACT": str(artifact.resolve()), "LRUREC_REDIS_URL": url}
         if ingest_port is not None:  # on --host; LRUREC_INGEST_HOST goes with the variable
             environment |= {"LRUREC_INGEST_PORT": str(ingest_port), "LRUREC_INGEST_HOST": host}
-        if busy_poll_us is not None:
-            environment["LRUREC_BUSY_POLL_US"] = str(busy_poll_us)
         if ingest_port or settings.ingest_port:
             where = (
                 f"{host}:{ingest_port}"

@@ -23,7 +23,6 @@ from redis.exceptions import RedisError
 from model import Artifact
 from service import telemetry
 from service.batching import MicroBatcher
-from service.busy_poll import BusyPoll
 from service.errors import ContentionError, NotFoundError
 from service.event_lane import EventLane
 from service.outcome import Applied, Ranked, Ranking, scored
@@ -68,8 +67,6 @@ class Engine:
         """Events between arrival and answer: with one, nothing could share its model call."""
         self.cache = StateCache(settings.state_cache_users, store.max_len)
         self._lane = EventLane(self, wait) if settings.batch_events else None
-        self.busy_poll = BusyPoll(settings.busy_poll_us / 1e6) if settings.busy_poll_us else None
-        """Keeps the event loop polling after each request (service.busy_poll); None: off."""
         # Writer tokens only need to be unique: a random per-process prefix and a counter cost
         # a fraction of uuid4() (~9 µs).
         self._token_prefix = os.urandom(8).hex()
@@ -268,8 +265,6 @@ class Engine:
 
     async def apply(self, event: Event, k: int, exclude_seen: bool) -> Applied:
         """:meth:`apply_event` without building the response model."""
-        if self.busy_poll is not None:
-            self.busy_poll.touch()
         # Counted for micro-batching: an event alone in the process runs its model calls
         # inline, without waiting an event-loop iteration for others that cannot come.
         self._in_flight += 1
@@ -344,8 +339,6 @@ class Engine:
 
     async def recommend(self, user_id: str, k: int, exclude_seen: bool) -> Recommendations:
         """Top-k for a user's stored state (rebuilt once if it belongs to another model)."""
-        if self.busy_poll is not None:
-            self.busy_poll.touch()
         snap = await self._load(user_id, None, history=exclude_seen)
         state, hidden, rebuilt = self._current(snap)
         if rebuilt and state is not None and hidden is not None:

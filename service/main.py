@@ -118,8 +118,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             # No gc.unfreeze(): frozen objects stay frozen, so an app started again in this
             # process (tests) does not pay for a full collection of them a second time.
-            if engine.busy_poll is not None:
-                engine.busy_poll.stop()
             telemetry.flush_buffers()
             telemetry.READY.set(0)
             telemetry.mark_worker_dead()

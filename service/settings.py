@@ -106,15 +106,6 @@ class Settings(BaseSettings):
         "event skips the Redis read (the write still checks version and writer token); "
         "0 = read every time. Memory: ~3 KB + max_len item ids per user.",
     )
-    busy_poll_us: int = Field(
-        default=0,
-        ge=0,
-        le=1_000_000,
-        description="After each request, keep the worker's event loop polling its sockets for "
-        "this many microseconds instead of sleeping until the next one: lower tail latency "
-        "under steady load, at the price of a busy core while requests keep coming (give "
-        "each worker a whole CPU; under a CPU quota it burns the quota); 0 = off.",
-    )
     cas_max_retries: int = Field(default=32, ge=1, le=1000)
     batch_concurrency: int = Field(default=16, ge=1, le=256)
     redis_timeout_seconds: float = Field(default=2.0, gt=0)

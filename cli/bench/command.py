@@ -96,15 +96,6 @@ def bench(
             "/events over the service's own lean HTTP/1.1 protocol) instead of the main port."
         ),
     ] = False,
-    busy_poll_us: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=1_000_000,
-            help="LRUREC_BUSY_POLL_US of every server: keep polling for this many µs after "
-            "each request instead of sleeping (a whole core per worker while busy; 0 = off).",
-        ),
-    ] = 0,
     out: Annotated[Path, typer.Option(help="Artifacts and results JSON go here.")] = Path(
         "benchmarks/out/service_bench"
     ),
@@ -135,9 +126,7 @@ def bench(
     layouts = [(f"{w} worker{'s' if int(w) > 1 else ''}", int(w), 1) for w in workers.split(",")]
     if replicas > 1:
         layouts.append((f"{replicas} replicas", 1, replicas))
-    sweeps = _sweep_all(
-        models.split(","), layouts, lrurec_backend, micro_batch, spec, out, ingest, busy_poll_us
-    )
+    sweeps = _sweep_all(models.split(","), layouts, lrurec_backend, micro_batch, spec, out, ingest)
     results = {f"{m}/{w}": {"rows": r, "knee": knee(r, slo_p99_ms)} for (m, w), r in sweeps.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -150,7 +139,7 @@ def bench(
 
 def _sweep_all(
     models: list[str], layouts: list[tuple[str, int, int]], lrurec_backend: str,
-    micro_batch: bool, spec: SweepSpec, out: Path, ingest: bool = False, busy_poll_us: int = 0,
+    micro_batch: bool, spec: SweepSpec, out: Path, ingest: bool = False,
 ) -> dict[tuple[str, str], list[Row]]:  # fmt: skip
     """Every (model, layout) configuration in turn, each printed as it completes.
 
@@ -164,13 +153,8 @@ def _sweep_all(
         for label, workers, replicas in layouts:
             batching = ", micro-batching" if micro_batch else ""
             batching += ", ingest port" if ingest else ""
-            batching += f", busy poll {busy_poll_us} µs" if busy_poll_us else ""
             typer.echo(f"\n## {model} ({backend}{batching}), {label}")
-            settings = {
-                "LRUREC_BACKEND": backend,
-                "LRUREC_MICRO_BATCH": str(micro_batch).lower(),
-                "LRUREC_BUSY_POLL_US": str(busy_poll_us),
-            }
+            settings = {"LRUREC_BACKEND": backend, "LRUREC_MICRO_BATCH": str(micro_batch).lower()}
             rows = sweep_configuration(
                 artifact, workers, replicas, settings, item_ids, spec,
                 lambda row: typer.echo(json.dumps(row)), ingest,
