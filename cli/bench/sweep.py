@@ -148,6 +148,25 @@ def _split(before: dict[int, float], after: dict[int, float]) -> str:
     return "/".join(f"{100 * part / total:.0f}" for part in used if part / total >= 0.02)
 
 
+def host_cpu() -> tuple[float, float]:
+    """``(stolen, total)`` CPU seconds of this host, all CPUs: ``stolen`` is the time its
+    hypervisor ran something else while a vCPU had work (0 on bare metal and where the OS does
+    not report it)."""
+    times = psutil.cpu_times()
+    return float(getattr(times, "steal", 0.0)), float(sum(times))
+
+
+def steal_pct(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Share (%) of the host's CPU time stolen between two :func:`host_cpu` readings.
+
+    On this project's 2-vCPU VM the tail follows it (benchmarks/RESULTS.md, issue 5, session
+    9): one worker at 3,000 events/s had p99 ≤ 15 ms only in runs with under 0.5 % stolen, so
+    every row reports it next to its latencies.
+    """
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 2) if total > 0 else 0.0
+
+
 def measure_rates(
     roots: Sequence[int], ports: Sequence[int], requests: list[bytes], spec: SweepSpec,
     report: Callable[[Row], None],
@@ -159,9 +178,9 @@ def measure_rates(
             rate=rate, duration=spec.duration, warmup=spec.warmup,
             connections=spec.connections, schedule=spec.schedule, drain_timeout=15.0,
         )  # fmt: skip
-        before = process_cpu(roots)
+        before, host_before = process_cpu(roots), host_cpu()
         result = run_on_uvloop(run_load([(HOST, port) for port in ports], requests, load))
-        after = process_cpu(roots)
+        after, host_after = process_cpu(roots), host_cpu()
         server_cpu = sum(after.values()) - sum(before.get(pid, 0.0) for pid in after)
         sent = max(1, round(rate * (spec.warmup + spec.duration)))
         row: Row = {
@@ -170,6 +189,7 @@ def measure_rates(
             "client_cpu_ms_per_event": round(result.client_cpu_seconds / sent * 1e3, 3),
             "cpu_split_pct": _split(before, after),
             "load_1m": round(psutil.getloadavg()[0], 2),
+            "steal_pct": steal_pct(host_before, host_after),
         }
         rows.append(row)
         report(row)

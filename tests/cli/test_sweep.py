@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.bench.sweep import SweepSpec, sweep_configuration
+from cli.bench.sweep import SweepSpec, host_cpu, steal_pct, sweep_configuration
 from tests.conftest import TINY_ITEM_IDS
 
 
@@ -22,3 +22,12 @@ def test_a_low_rate_is_carried_without_errors(tiny_artifact: Path, ingest: bool)
     assert row["dropped"] == 0
     assert int(row["samples"]) > 30  # ≈ 40/s over 1.5 s
     assert float(row["server_cpu_ms_per_event"]) > 0  # the server, not the client, answered
+    assert 0.0 <= float(row["steal_pct"]) <= 100.0
+
+
+def test_steal_is_the_share_of_host_time_stolen_between_readings() -> None:
+    assert steal_pct((10.0, 1000.0), (12.0, 1100.0)) == 2.0
+    assert steal_pct((0.0, 50.0), (0.0, 50.0)) == 0.0  # no time passed: nothing to divide
+    stolen, total = host_cpu()
+    assert 0.0 <= stolen <= total
+    assert total > 0
