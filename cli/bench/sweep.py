@@ -153,7 +153,9 @@ def host_cpu() -> tuple[float, float]:
     hypervisor ran something else while a vCPU had work (0 on bare metal and where the OS does
     not report it)."""
     times = psutil.cpu_times()
-    return float(getattr(times, "steal", 0.0)), float(sum(times))
+    # Linux counts guest time inside user and nice already: not twice.
+    guest = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return float(getattr(times, "steal", 0.0)), float(sum(times) - guest)
 
 
 def steal_pct(before: tuple[float, float], after: tuple[float, float]) -> float:
