@@ -66,7 +66,9 @@ class Engine:
         self._in_flight = 0
         """Events between arrival and answer: with one, nothing could share its model call."""
         self.cache = StateCache(settings.state_cache_users, store.max_len)
-        self._lane = EventLane(self, wait) if settings.batch_events else None
+        self._lane = (
+            EventLane(self, wait, settings.batches_in_flight) if settings.batch_events else None
+        )
         # Writer tokens only need to be unique: a random per-process prefix and a counter cost
         # a fraction of uuid4() (~9 µs).
         self._token_prefix = os.urandom(8).hex()

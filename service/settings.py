@@ -77,6 +77,15 @@ class Settings(BaseSettings):
         "one model call and one pipelined Redis round trip per event-loop iteration (same "
         "results; false: each event on its own, the reference path).",
     )
+    batches_in_flight: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="With batch_events: most batches out at once (between their model call and "
+        "their Redis reply); events arriving meanwhile go out together as the next batch when "
+        "one comes back, so batches grow with the load (0 = no limit: a batch per event-loop "
+        "iteration).",
+    )
     micro_batch: bool = Field(
         default=False,
         description="Run the model steps and top-k's of concurrent events as one batched call "

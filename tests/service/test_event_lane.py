@@ -191,3 +191,47 @@ def test_a_stale_copy_in_the_lane_is_refused_and_the_event_applied_from_the_reco
     assert history == [b"item-1", b"item-2", b"item-3"]
     recommended = {item["item_id"] for item in answers[2]["recommendations"]}
     assert not recommended & {"item-1", "item-2", "item-3"}  # the record's history, masked
+
+
+async def _iterations(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "batches"), [(0, [4, 1, 1, 1, 1, 1]), (1, [4, 5]), (2, [4, 1, 4])]
+)
+def test_events_arriving_while_batches_are_out_go_out_together(
+    tiny_artifact: Path, redis_url: str, redis_client: "redis.Redis", in_flight: int,
+    batches: list[int],
+) -> None:  # fmt: skip
+    """With ``in_flight`` batches waiting for Redis, the events that arrive meanwhile are held
+    and sent as one batch when one comes back (0: each loop iteration's events go at once)."""
+    settings = Settings(
+        artifact=tiny_artifact, redis_url=redis_url, key_prefix=f"laneheld{in_flight}",
+        batches_in_flight=in_flight,
+    )  # fmt: skip
+    users = [f"held-{n}" for n in range(9)]
+
+    async def main() -> tuple[list[int], list[int]]:
+        engine, _, close = _build_engine(settings, redis_url)
+        try:  # first events: every user's record cached, so the next ones take the lane
+            await asyncio.gather(*(engine.apply(Event(user_id=u, item_id="item-1"), 0, False)
+                                   for u in users))  # fmt: skip
+            recording = RecordingStepper(engine.stepper)
+            engine.stepper = recording
+            redis_client.client_pause(500)  # nothing comes back meanwhile
+            events = [Event(user_id=user, item_id="item-2") for user in users]
+            calls = [asyncio.ensure_future(engine.apply(event, 3, False)) for event in events[:4]]
+            await _iterations(8)  # the first four went out together and wait for Redis
+            for event in events[4:]:  # one at a time, each in loop iterations of its own
+                calls.append(asyncio.ensure_future(engine.apply(event, 3, False)))
+                await _iterations(8)
+            outcomes = await asyncio.gather(*calls)
+            return recording.rows, [outcome.events_applied for outcome in outcomes]
+        finally:
+            await close()
+
+    rows, applied = asyncio.run(main())
+    assert rows == batches
+    assert applied == [2] * len(users)
