@@ -13,10 +13,11 @@ At most ``in_flight`` batches are between their model call and their Redis reply
 wait, and go together as one batch as soon as one comes back, as a database's group commit
 does. Under load batches then grow with the load instead of staying at what one loop iteration
 brings, so the per-batch work (the model call's dispatch, the Redis write and read, the task) is
-shared by more events: at 3,000 events/s on one worker, 2 in flight used ≈ 4 % less CPU per
-event than no limit and had the lower p99 in 6 of 7 alternating pairs; 1 used ≈ 8 % less CPU
-but lengthened the median, as each batch then waits for the whole round trip of the one before
-(benchmarks/RESULTS.md, issue 5, session 9). A lone event never waits: nothing is out.
+shared by more events: at 3,000 events/s on one worker, 2 in flight used ≈ 3 % less CPU per
+event than no limit (less in 11 of 13 alternating pairs) and had the lower p99 in 10 of 13; 1
+used ≈ 8 % less CPU but lengthened the median, as each batch then waits for the whole round
+trip of the one before (benchmarks/RESULTS.md, issue 5, session 9). A lone event never
+waits: nothing is out.
 
 Same results as one at a time (tests/service/test_event_lane.py): each event's write carries
 the version and writer token of the copy it stepped from, so the script refuses it if anything
