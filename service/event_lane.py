@@ -1,23 +1,24 @@
 """The batched event lane: events of users this worker wrote last, applied a loop iteration's
-worth at a time (``LRUREC_BATCH_EVENTS``, on by default).
+worth at a time, or more under load (``LRUREC_BATCH_EVENTS``, on by default).
 
 Measured on one worker under load, an event spent most of its CPU on per-event Python around
 the model and Redis calls: a chain of coroutines, a Redis future, a model call of one row and
 their bookkeeping. Events whose user's record this worker holds (service.state_cache) need no
 read, so everything they do fits one synchronous pass: the events that reach the engine in one
-event-loop iteration run as one batched model call and one pipelined round trip of check-and-
-write scripts (:meth:`UserStore.write_many`), in one task.
+event-loop iteration (or that wait for a batch to come back, below) run as one batched model
+call and one pipelined round trip of check-and-write scripts (:meth:`UserStore.write_many`), in
+one task.
 
 At most ``in_flight`` batches are between their model call and their Redis reply at once
-(``LRUREC_BATCHES_IN_FLIGHT``, 2 by default): events that reach the lane while that many are out
-wait, and go together as one batch as soon as one comes back, as a database's group commit
-does. Under load batches then grow with the load instead of staying at what one loop iteration
-brings, so the per-batch work (the model call's dispatch, the Redis write and read, the task) is
-shared by more events: at 3,000 events/s on one worker, 2 in flight used ≈ 3 % less CPU per
-event than no limit (less in 11 of 13 alternating pairs) and had the lower p99 in 10 of 13; 1
-used ≈ 8 % less CPU but lengthened the median, as each batch then waits for the whole round
-trip of the one before (benchmarks/RESULTS.md, issue 5, session 9). A lone event never
-waits: nothing is out.
+(``LRUREC_BATCHES_IN_FLIGHT``, 2 by default): events that reach the lane while that many are
+out wait, and go together as one batch (of at most 64; more go one batch per batch that comes
+back) as soon as one comes back, as a database's group commit does. Under load batches then
+grow with the load instead of staying at what one loop iteration brings, so the per-batch work
+(the model call's dispatch, the Redis write and read, the task) is shared by more events: at
+3,000 events/s on one worker, 2 in flight used ≈ 3 % less CPU per event than no limit (less
+in 11 of 13 alternating pairs) and had the lower p99 in 10 of 13; 1 used ≈ 8 % less CPU but
+lengthened the median, as each batch then waits for the whole round trip of the one before
+(benchmarks/RESULTS.md, issue 5, session 9). A lone event never waits: nothing is out.
 
 Same results as one at a time (tests/service/test_event_lane.py): each event's write carries
 the version and writer token of the copy it stepped from, so the script refuses it if anything
@@ -89,7 +90,8 @@ class EventLane:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = in_flight
         self._held: list[_Entry] = []
-        """Events gathered while ``in_flight`` batches were out: the next batch."""
+        """Events gathered while ``in_flight`` batches were out, oldest first: what goes out
+        next (in batches of at most ``MAX_BATCH``)."""
 
     async def apply(
         self, event: Event, index: int, ranking: Ranking, cached: Cached
@@ -109,7 +111,7 @@ class EventLane:
         task.add_done_callback(self._came_back)
 
     def _came_back(self, task: "asyncio.Task[None]") -> None:
-        """A batch is done (or was cancelled, even before it began): send what was held."""
+        """A batch task ended (done, or cancelled at shutdown): send what was held."""
         self._tasks.discard(task)
         held, self._held = self._held, []
         for start in range(0, len(held), MAX_BATCH):

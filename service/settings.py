@@ -74,15 +74,16 @@ class Settings(BaseSettings):
     batch_events: bool = Field(
         default=True,
         description="Apply the concurrent events of users this worker wrote last in batches: "
-        "one model call and one pipelined Redis round trip per event-loop iteration (same "
-        "results; false: each event on its own, the reference path).",
+        "one model call and one pipelined Redis round trip per event-loop iteration, or per "
+        "batch that comes back under load (batches_in_flight) (same results; false: each "
+        "event on its own, the reference path).",
     )
     batches_in_flight: int = Field(
         default=2,
         ge=0,
         le=64,
         description="With batch_events: most batches out at once (between their model call and "
-        "their Redis reply); events arriving meanwhile go out together as the next batch when "
+        "their Redis reply); events arriving meanwhile go out together (up to 64 per batch) when "
         "one comes back, so batches grow with the load (0 = no limit: a batch per event-loop "
         "iteration).",
     )
