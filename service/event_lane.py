@@ -15,8 +15,8 @@ out wait, and go together as one batch (of at most 64; more go one batch per bat
 back) as soon as one comes back, as a database's group commit does. Under load batches then
 grow with the load instead of staying at what one loop iteration brings, so the per-batch work
 (the model call's dispatch, the Redis write and read, the task) is shared by more events: at
-3,000 events/s on one worker, 2 in flight used ≈ 3 % less CPU per event than no limit (less
-in 11 of 13 alternating pairs) and had the lower p99 in 10 of 13; 1 used ≈ 8 % less CPU but
+3,000 events/s on one worker, 2 in flight used ≈ 2.4 % less CPU per event than no limit (less
+in 15 of 19 alternating pairs) and had the lower p99 in 14 of 19; 1 used ≈ 8 % less CPU but
 lengthened the median, as each batch then waits for the whole round trip of the one before
 (benchmarks/RESULTS.md, issue 5, session 9). A lone event never waits: nothing is out.
 
