@@ -162,8 +162,8 @@ def steal_pct(before: tuple[float, float], after: tuple[float, float]) -> float:
     """Share (%) of the host's CPU time stolen between two :func:`host_cpu` readings.
 
     On this project's 2-vCPU VM the tail follows it (benchmarks/RESULTS.md, issue 5, session
-    9): one worker at 3,000 events/s had p99 ≤ 15 ms only in runs with under 0.5 % stolen, so
-    every row reports it next to its latencies.
+    9): one worker at 3,000 events/s had p99 ≤ 15 ms almost only in runs with under 0.5 %
+    stolen, so every row reports it next to its latencies.
     """
     total = after[1] - before[1]
     return round(100 * (after[0] - before[0]) / total, 2) if total > 0 else 0.0
