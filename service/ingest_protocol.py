@@ -55,8 +55,9 @@ class IngestProtocol(asyncio.Protocol):
     Flow control: reading pauses while :data:`MAX_QUEUED` requests wait, and no answer starts
     while the transport's write buffer is over its high-water mark (a client that does not
     read its answers stops being read). A request that fails before its body (an unknown path,
-    a wrong key, a body over the limit by its Content-Length) is answered at once and the
-    connection closed, when nothing is ahead of it; otherwise in its turn.
+    a wrong key, a body over the limit by its Content-Length), or whose chunked body passes the
+    limit, is answered at once and the connection closed, the rest of its body unread, when
+    nothing is ahead of it; otherwise in its turn, its body read and discarded.
     """
 
     def __init__(self, ingest: "Ingest") -> None:
@@ -161,6 +162,11 @@ class IngestProtocol(asyncio.Protocol):
         request.body += body
         if len(request.body) > self.ingest.engine.settings.max_body_bytes:
             request.too_large, request.body = True, bytearray()
+            if self._idle():  # nothing ahead to answer first: refuse now, unread (chunked)
+                try:
+                    self.ingest.check(request)
+                except ServiceError as error:
+                    self._refuse(error)
 
     def on_message_complete(self) -> None:
         if self.failed is not None or self.transport is None or self.transport.is_closing():

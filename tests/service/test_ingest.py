@@ -112,6 +112,25 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read_or_in_its_turn(
     assert [answer[0] for answer in answers] == [200, 413, 200]
 
 
+def test_a_chunked_body_over_the_limit_is_refused_without_waiting_for_the_rest(
+    settings: Settings,
+) -> None:
+    configured = with_ingest(settings, max_body_bytes=2048)
+    assert configured.ingest_port is not None
+    head = b"POST /events HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"%x\r\n%s\r\n" % (1500, b" " * 1500)
+    with (
+        running(configured),
+        socket.create_connection(("127.0.0.1", configured.ingest_port), timeout=10) as sock,
+    ):
+        sock.sendall(head + chunk)
+        sock.sendall(chunk)  # 3,000 bytes so far; the last chunk is never sent
+        ((status, headers, body),) = read_answers(sock, 1)
+        assert sock.recv(1) == b""
+    assert (status, headers["connection"]) == (413, "close")
+    assert json.loads(body)["error"] == "body_too_large"
+
+
 def test_an_api_key_is_required_on_the_ingest_port(settings: Settings) -> None:
     configured = with_ingest(settings, api_key="s3cret")
     assert configured.ingest_port is not None
