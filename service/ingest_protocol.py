@@ -142,14 +142,9 @@ class IngestProtocol(asyncio.Protocol):
         http_1_0 = parser.get_http_version() == "1.0"
         # As uvicorn: an HTTP/1.0 connection closes after its answer.
         request.keep_alive = not http_1_0 and parser.should_keep_alive()
-        if not self._idle() or not (request.expect_continue or request.too_large):
+        if not (request.expect_continue or request.too_large) or self._refused_now(request):
             return
-        try:
-            self.ingest.check(request)
-        except ServiceError as error:  # answered before its body is sent or read
-            self._refuse(error)
-            return
-        if request.expect_continue and not http_1_0:
+        if request.expect_continue and not http_1_0 and self._idle():
             # Only when nothing is being answered: an interim response written now would come
             # before the final one of a request ahead of it (a client that gets none sends
             # its body after a short wait, RFC 9110 10.1.1).
@@ -162,11 +157,7 @@ class IngestProtocol(asyncio.Protocol):
         request.body += body
         if len(request.body) > self.ingest.engine.settings.max_body_bytes:
             request.too_large, request.body = True, bytearray()
-            if self._idle():  # nothing ahead to answer first: refuse now, unread (chunked)
-                try:
-                    self.ingest.check(request)
-                except ServiceError as error:
-                    self._refuse(error)
+            self._refused_now(request)  # chunked: the rest of the body is not waited for
 
     def on_message_complete(self) -> None:
         if self.failed is not None or self.transport is None or self.transport.is_closing():
@@ -229,6 +220,18 @@ class IngestProtocol(asyncio.Protocol):
             transport.close()
             return
         self._next()
+
+    def _refused_now(self, request: IngestRequest) -> bool:
+        """Whether ``request`` was refused now, before the rest of its body is sent or read:
+        it fails :meth:`Ingest.check` and nothing is ahead of it (else it waits its turn)."""
+        if not self._idle():
+            return False
+        try:
+            self.ingest.check(request)
+        except ServiceError as error:
+            self._refuse(error)
+            return True
+        return False
 
     def _refuse(self, error: ServiceError) -> None:
         """Answer ``error`` now and close: the request's body is neither waited for nor read."""
