@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import telemetry
 from service.batching import MAX_BATCH, Window
@@ -48,8 +49,16 @@ if TYPE_CHECKING:  # the engine owns the lane; only its type is needed here
 
 LaneOutcome = Applied | WriteResult | None
 """An event applied in the lane; or refused (a conflict, whose :class:`WriteResult` carries the
-record the write met, or a duplicate event id), or left unanswered when its batch task was
-cancelled (None): the ordinary path then applies it (``Engine._commit(refused=...)``)."""
+record the write met, or a duplicate event id), or left unanswered by a batch task cancelled
+before its write was sent (None): the ordinary path then applies it
+(``Engine._commit(refused=...)``). A batch task cancelled after its write was sent answers its
+events with :class:`UnknownOutcomeError` instead: the write may have been applied."""
+
+
+class UnknownOutcomeError(RedisTimeoutError):
+    """A batch's write was sent but its reply never read (its task was cancelled). Like a Redis
+    timeout the event may or may not have been applied: the caller answers 503 and the client
+    retries with the same ``event_id`` (applying it again here could apply it twice)."""
 
 
 @dataclass(slots=True)
@@ -60,6 +69,13 @@ class _Entry:
     cached: Cached
     """This worker's copy of the user's record (its lock held since: the copy cannot change)."""
     future: "asyncio.Future[LaneOutcome]"
+
+
+@dataclass(slots=True)
+class _Batch:
+    entries: list[_Entry]
+    sent: bool = False
+    """Its writes may have reached Redis: a cancelled task then leaves the outcome unknown."""
 
 
 @dataclass(slots=True)
@@ -87,7 +103,8 @@ class EventLane:
     def __init__(self, engine: "Engine", wait: float = 0.0, in_flight: int = 2) -> None:
         self._engine = engine
         self._window = Window[_Entry](self._start, wait)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], _Batch] = {}
+        """Batches out, by their task (a reference until done: the loop keeps only weak ones)."""
         self._in_flight = in_flight
         self._held: list[_Entry] = []
         """Events gathered while ``in_flight`` batches were out, oldest first: what goes out
@@ -106,31 +123,44 @@ class EventLane:
         if self._in_flight and len(self._tasks) >= self._in_flight:
             self._held += batch  # goes out with the others when a batch comes back
             return
-        task = asyncio.get_running_loop().create_task(self._run(batch))
-        self._tasks.add(task)  # a reference until done: the loop keeps only weak ones
+        out = _Batch(batch)
+        task = asyncio.get_running_loop().create_task(self._run(out))
+        self._tasks[task] = out
         task.add_done_callback(self._came_back)
 
     def _came_back(self, task: "asyncio.Task[None]") -> None:
-        """A batch task ended (done, or cancelled at shutdown): send what was held."""
-        self._tasks.discard(task)
+        """A batch task ended (done, or cancelled at shutdown): answer what it left, then send
+        what was held."""
+        batch = self._tasks.pop(task)
+        if task.cancelled():  # perhaps before its first step: no line of _run ran
+            unknown = UnknownOutcomeError("the batch's write was sent but its reply never read")
+            for entry in batch.entries:
+                if entry.future.done():
+                    continue
+                if batch.sent:
+                    entry.future.set_exception(unknown)
+                else:  # nothing was written: the ordinary path applies it
+                    entry.future.set_result(None)
         held, self._held = self._held, []
         for start in range(0, len(held), MAX_BATCH):
             self._start(held[start : start + MAX_BATCH])
 
-    async def _run(self, entries: list[_Entry]) -> None:
-        """Step, rank and write one batch; every entry's future is resolved, whatever fails."""
+    async def _run(self, batch: _Batch) -> None:
+        """Step, rank and write one batch; every entry's future is resolved, whatever fails
+        (when cancelled, by :meth:`_came_back`)."""
+        entries = batch.entries
         try:
             prepared = self._prepare(entries)
             if prepared:
+                batch.sent = True  # from here the writes may reach Redis
                 await self._write(prepared)
         except Exception as error:  # a broken model or Redis down: every caller gets it
             for entry in entries:
                 if not entry.future.done():
                     entry.future.set_exception(error)
-        finally:
-            for entry in entries:  # anything not settled goes the ordinary way
-                if not entry.future.done():
-                    entry.future.set_result(None)
+        for entry in entries:  # anything not settled goes the ordinary way
+            if not entry.future.done():
+                entry.future.set_result(None)
 
     def _prepare(self, entries: list[_Entry]) -> list[_Prepared]:
         """The batch's model call(s) and writes (a cancelled caller's event is left out)."""
