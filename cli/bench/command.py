@@ -96,6 +96,15 @@ def bench(
             "/events over the service's own lean HTTP/1.1 protocol) instead of the main port."
         ),
     ] = False,
+    keyed: Annotated[
+        bool,
+        typer.Option(
+            help="Send each user's events over one connection, in order (as a consumer of a "
+            "stream partitioned by user does), instead of over any free one. With several "
+            "workers each connection stays on one of them, so a user's events meet the state "
+            "that worker cached; unkeyed, they land on different workers and are read again.",
+        ),
+    ] = False,
     out: Annotated[Path, typer.Option(help="Artifacts and results JSON go here.")] = Path(
         "benchmarks/out/service_bench"
     ),
@@ -122,6 +131,7 @@ def bench(
         users=users,
         slo_p99_ms=slo_p99_ms,
         schedule=schedule,
+        keyed=keyed,
     )
     layouts = [(f"{w} worker{'s' if int(w) > 1 else ''}", int(w), 1) for w in workers.split(",")]
     if replicas > 1:
@@ -153,6 +163,7 @@ def _sweep_all(
         for label, workers, replicas in layouts:
             batching = ", micro-batching" if micro_batch else ""
             batching += ", ingest port" if ingest else ""
+            batching += ", keyed connections" if spec.keyed else ""
             typer.echo(f"\n## {model} ({backend}{batching}), {label}")
             settings = {"LRUREC_BACKEND": backend, "LRUREC_MICRO_BATCH": str(micro_batch).lower()}
             rows = sweep_configuration(

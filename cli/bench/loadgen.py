@@ -9,9 +9,12 @@ spent waiting for a free connection, or behind a stalled server, is counted.
 The client is raw HTTP/1.1 over keep-alive connections on asyncio protocols (no tasks, no
 streams, requests pre-encoded): per request it costs a few tens of microseconds of CPU, little
 next to the server it shares the machine with. Each connection carries one request at a time
-(no pipelining); a request due while every connection is busy waits in a FIFO queue. At most
-``max_outstanding`` requests are in flight or queued: a request due beyond that is not sent and
-counted as ``dropped`` (the offered load then exceeds what the run can even queue).
+(no pipelining); a request due while every connection is busy waits in a FIFO queue. With
+``keys`` (one per request, e.g. its user) a request goes over the connection its key picks
+instead, and waits for that one: each user's events then travel in order over one connection,
+as a consumer of a stream partitioned by user sends them, and so reach one server process. At
+most ``max_outstanding`` requests are in flight or queued: a request due beyond that is not sent
+and counted as ``dropped`` (the offered load then exceeds what the run can even queue).
 """
 
 import asyncio
@@ -115,6 +118,9 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.intended = 0.0
+        self.waiting: deque[tuple[float, bytes]] = deque()
+        """Keyed runs: requests due for this connection while it was busy, oldest first."""
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
@@ -150,34 +156,54 @@ class _Connection(asyncio.Protocol):
 class _Run:
     """The state of one run: free connections, the wait queue and the counters."""
 
-    def __init__(self, spec: LoadSpec, requests: Sequence[bytes]) -> None:
+    def __init__(
+        self, spec: LoadSpec, requests: Sequence[bytes], keys: Sequence[int] | None
+    ) -> None:
         self.spec = spec
         self.requests = requests
+        self.keys = keys
         self.result = LoadResult(spec)
         self.window = (math.inf, math.inf)
+        self.connections: list[_Connection] = []
         self.free: list[_Connection] = []
+        """Unkeyed runs: connections without a request."""
         self.busy: set[_Connection] = set()
         self.queue: deque[tuple[float, bytes]] = deque()
+        """Unkeyed runs: requests due while every connection was busy, oldest first."""
+        self.queued = 0
+        """Requests waiting, in ``queue`` or (keyed) a connection's own."""
         self.sent = 0
         self.done = asyncio.get_running_loop().create_future()
         self.scheduled_all = False
 
     @property
     def outstanding(self) -> int:
-        return len(self.busy) + len(self.queue)
+        return len(self.busy) + self.queued
 
     def submit(self, intended: float) -> None:
         if self.outstanding >= self.spec.max_outstanding:
             self.result.dropped += self._in_window(intended)
             return
-        request = self.requests[self.sent % len(self.requests)]
+        number = self.sent % len(self.requests)
+        request = self.requests[number]
         self.sent += 1
-        if self.free:
-            connection = self.free.pop()
+        if self.keys is None:
+            connection = self.free.pop() if self.free else None
+            waiting = self.queue
+        else:
+            connection = self.connections[self.keys[number] % len(self.connections)]
+            waiting = connection.waiting
+            if connection.lost:  # its key has nowhere to go
+                self.result.errors += self._in_window(intended)
+                return
+            if connection in self.busy:
+                connection = None
+        if connection is None:
+            waiting.append((intended, request))
+            self.queued += 1
+        else:
             self.busy.add(connection)
             connection.send(request, intended)
-        else:
-            self.queue.append((intended, request))
 
     def _in_window(self, moment: float) -> bool:
         return self.window[0] <= moment < self.window[1]
@@ -191,47 +217,65 @@ class _Run:
                 self.result.errors += 1
         if ok and self._in_window(now):
             self.result.completed_in_window += 1
-        if self.queue:
-            queued_intended, request = self.queue.popleft()
+        waiting = self.queue if self.keys is None else connection.waiting
+        if waiting:
+            queued_intended, request = waiting.popleft()
+            self.queued -= 1
             connection.send(request, queued_intended)
         else:
             self.busy.discard(connection)
-            self.free.append(connection)
+            if self.keys is None:
+                self.free.append(connection)
             self._maybe_done()
 
     def lost(self, connection: _Connection) -> None:
+        connection.lost = True
+        if connection in self.free:
+            self.free.remove(connection)
         if connection in self.busy:
             self.busy.discard(connection)
             self.result.errors += self._in_window(connection.intended)
-            self._maybe_done()
-        elif connection in self.free:
-            self.free.remove(connection)
+        self.result.errors += sum(self._in_window(moment) for moment, _ in connection.waiting)
+        self.queued -= len(connection.waiting)
+        connection.waiting.clear()
+        self._maybe_done()
+
+    def unanswered(self) -> list[float]:
+        """Intended send times of the requests still in flight or waiting."""
+        waiting = [*self.queue, *(entry for c in self.connections for entry in c.waiting)]
+        return [c.intended for c in self.busy] + [moment for moment, _ in waiting]
 
     def _maybe_done(self) -> None:
-        if self.scheduled_all and not self.busy and not self.queue and not self.done.done():
+        if self.scheduled_all and not self.busy and not self.queued and not self.done.done():
             self.done.set_result(None)
 
 
 async def run_load(
-    addresses: Sequence[tuple[str, int]], requests: Sequence[bytes], spec: LoadSpec
-) -> LoadResult:
+    addresses: Sequence[tuple[str, int]], requests: Sequence[bytes], spec: LoadSpec,
+    keys: Sequence[int] | None = None,
+) -> LoadResult:  # fmt: skip
     """Offer ``spec.rate`` requests/s of ``requests`` (cycled) to the servers at ``addresses``.
 
     Args:
         addresses: ``(host, port)`` of each server; connections are spread over them in turn.
         requests: complete HTTP/1.1 requests (head and body), sent in turn.
         spec: rate, window, connections and bounds.
+        keys: one non-negative integer per request; when given, request ``i`` always goes over
+            connection ``keys[i] % spec.connections`` (waiting for it), instead of any free one.
     """
+    if keys is not None and len(keys) != len(requests):
+        raise ValueError(f"{len(keys)} keys for {len(requests)} requests: give one per request")
     loop = asyncio.get_running_loop()
     offsets = send_times(spec)
-    run = _Run(spec, requests)
+    run = _Run(spec, requests, keys)
     connections = []
     for number in range(spec.connections):
         host, port = addresses[number % len(addresses)]
         _, protocol = await loop.create_connection(lambda: _Connection(run), host, port)
         connections.append(protocol)
         await asyncio.sleep(spec.connect_interval)
-    run.free = list(connections)
+    run.connections = connections
+    run.free = list(connections) if keys is None else []
     cpu_start = time.process_time()
     start = time.perf_counter() + 0.05
     run.window = (start + spec.warmup, start + spec.warmup + spec.duration)
@@ -248,8 +292,7 @@ async def run_load(
     try:
         await asyncio.wait_for(asyncio.shield(run.done), spec.drain_timeout)
     except TimeoutError:
-        missing = [c.intended for c in run.busy] + [i for i, _ in run.queue]
-        run.result.errors += sum(run._in_window(moment) for moment in missing)
+        run.result.errors += sum(run._in_window(moment) for moment in run.unanswered())
     run.result.client_cpu_seconds = time.process_time() - cpu_start
     for connection in connections:
         if connection.transport is not None:

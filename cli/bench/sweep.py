@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ class SweepSpec:
     slo_p99_ms: float = 15.0
     connections: int = 64
     schedule: str = "poisson"
+    keyed: bool = False
+    """Each user's events over one connection (:func:`cli.bench.loadgen.run_load`'s ``keys``)."""
 
 
 def run_on_uvloop(coroutine: Coroutine[Any, Any, LoadResult]) -> LoadResult:
@@ -127,6 +130,13 @@ def event_requests(item_ids: list[str], users: int, k: int, count: int = 8192) -
     return post_requests(HOST, f"/events?k={k}", bodies)
 
 
+def user_keys(requests: Sequence[bytes]) -> list[int]:
+    """A key per ``POST /events`` request, the same for every event of one user (its
+    ``user_id``'s CRC-32), so a keyed run sends each user's events over one connection."""
+    return [zlib.crc32(orjson.loads(request.partition(b"\r\n\r\n")[2])["user_id"].encode())
+            for request in requests]  # fmt: skip
+
+
 def process_cpu(roots: Sequence[int]) -> dict[int, float]:
     """User + system CPU seconds of each process in the trees under ``roots``."""
     seconds: dict[int, float] = {}
@@ -175,13 +185,14 @@ def measure_rates(
 ) -> list[Row]:  # fmt: skip
     """One row per offered rate, rising until the service saturates."""
     rows: list[Row] = []
+    keys = user_keys(requests) if spec.keyed else None
     for rate in spec.rates:
         load = LoadSpec(
             rate=rate, duration=spec.duration, warmup=spec.warmup,
             connections=spec.connections, schedule=spec.schedule, drain_timeout=15.0,
         )  # fmt: skip
         before, host_before = process_cpu(roots), host_cpu()
-        result = run_on_uvloop(run_load([(HOST, port) for port in ports], requests, load))
+        result = run_on_uvloop(run_load([(HOST, port) for port in ports], requests, load, keys))
         after, host_after = process_cpu(roots), host_cpu()
         server_cpu = sum(after.values()) - sum(before.get(pid, 0.0) for pid in after)
         sent = max(1, round(rate * (spec.warmup + spec.duration)))

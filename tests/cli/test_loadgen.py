@@ -1,7 +1,10 @@
 """The open-loop generator against a real (tiny) HTTP server with a known service time."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+
+import orjson
+import pytest
 
 from cli.bench.loadgen import LoadResult, LoadSpec, post_requests, run_load, send_times
 from cli.bench.sweep import knee
@@ -9,15 +12,25 @@ from cli.bench.sweep import knee
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def serial_server(service_seconds: float, status: int = 200) -> Handler:
-    """Answers one request at a time machine-wide (a single-server queue)."""
-    busy = asyncio.Lock()
+def serial_server(
+    service_seconds: float, status: int = 200, per_connection: bool = False,
+    bodies: list[tuple[int, bytes]] | None = None,
+) -> Handler:  # fmt: skip
+    """Answers one request at a time machine-wide (a single-server queue), or per connection;
+    records ``(connection number, body)`` of each request in ``bodies`` when given."""
+    machine = asyncio.Lock()
+    connections = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        number, busy = connections, asyncio.Lock() if per_connection else machine
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            await reader.readexactly(length)
+            body = await reader.readexactly(length)
+            if bodies is not None:
+                bodies.append((number, body))
             async with busy:
                 await asyncio.sleep(service_seconds)
             body = b'{"ok":true}'
@@ -29,13 +42,16 @@ def serial_server(service_seconds: float, status: int = 200) -> Handler:
     return handle
 
 
-def offer(handler_factory: Callable[[], Handler], spec: LoadSpec) -> LoadResult:
+def offer(
+    handler_factory: Callable[[], Handler], spec: LoadSpec,
+    bodies: Sequence[bytes] = (b'{"a":1}', b'{"a":2}'), keys: Sequence[int] | None = None,
+) -> LoadResult:  # fmt: skip
     async def main() -> LoadResult:
         server = await asyncio.start_server(handler_factory(), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        requests = post_requests("127.0.0.1", "/events", [b'{"a":1}', b'{"a":2}'])
+        requests = post_requests("127.0.0.1", "/events", bodies)
         try:
-            return await run_load([("127.0.0.1", port)], requests, spec)
+            return await run_load([("127.0.0.1", port)], requests, spec, keys)
         finally:
             server.close()
 
@@ -81,6 +97,44 @@ def test_error_answers_are_counted_and_no_latency_is_recorded() -> None:
     assert result.latencies == []
     row = result.summary()
     assert row["errors"] == result.errors
+
+
+def test_keyed_requests_each_travel_in_order_over_the_connection_their_key_picks() -> None:
+    bodies = [b'{"user":%d,"n":%d}' % (n % 5, n) for n in range(40)]
+    received: list[tuple[int, bytes]] = []
+    spec = LoadSpec(rate=200, duration=1.0, warmup=0.0, connections=8)
+    result = offer(
+        lambda: serial_server(0.0, bodies=received), spec, bodies, [n % 5 for n in range(40)]
+    )
+    assert result.errors == result.dropped == 0
+    by_user: dict[int, list[tuple[int, int]]] = {}
+    for connection, body in received:
+        document = orjson.loads(body)
+        by_user.setdefault(document["user"], []).append((connection, document["n"]))
+    assert sorted(by_user) == [0, 1, 2, 3, 4]
+    for user, arrivals in by_user.items():
+        assert len({connection for connection, _ in arrivals}) == 1, f"user {user} spread out"
+        sent_order = list(range(user, 40, 5)) * 5  # the requests are cycled
+        assert [n for _, n in arrivals] == sent_order[: len(arrivals)]
+    assert len({arrivals[0][0] for arrivals in by_user.values()}) == 5  # five connections
+
+
+def test_a_keyed_request_waits_for_its_own_connection_while_others_are_free() -> None:
+    # Each connection serves 50/s; 100/s offered. Unkeyed, eight connections share the load;
+    # every request keyed to one connection queues behind it, and that wait is counted.
+    spec = LoadSpec(rate=100, duration=1.5, warmup=0.0, connections=8, schedule="uniform")
+    spread = offer(lambda: serial_server(0.02, per_connection=True), spec)
+    one = offer(lambda: serial_server(0.02, per_connection=True), spec, keys=[7, 7])
+    assert spread.errors == one.errors == 0
+    assert spread.achieved_rate > 85
+    assert spread.percentile_ms(99) < 200
+    assert one.achieved_rate < 65
+    assert one.percentile_ms(99) > 400
+
+
+def test_keys_must_match_the_requests_one_to_one() -> None:
+    with pytest.raises(ValueError, match="one per request"):
+        offer(lambda: serial_server(0.0), LoadSpec(rate=10, duration=0.2, warmup=0), keys=[1])
 
 
 def test_the_knee_is_the_highest_sustained_rate_within_the_objective() -> None:

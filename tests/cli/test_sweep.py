@@ -4,9 +4,17 @@ ingest port (``--ingest``)."""
 
 from pathlib import Path
 
+import orjson
 import pytest
 
-from cli.bench.sweep import SweepSpec, host_cpu, steal_pct, sweep_configuration
+from cli.bench.sweep import (
+    SweepSpec,
+    event_requests,
+    host_cpu,
+    steal_pct,
+    sweep_configuration,
+    user_keys,
+)
 from tests.conftest import TINY_ITEM_IDS
 
 
@@ -31,3 +39,14 @@ def test_steal_is_the_share_of_host_time_stolen_between_readings() -> None:
     stolen, total = host_cpu()
     assert 0.0 <= stolen <= total
     assert total > 0
+
+
+def test_every_event_of_a_user_gets_that_users_key() -> None:
+    requests = event_requests(list(TINY_ITEM_IDS), users=7, k=3, count=200)
+    keys = user_keys(requests)
+    users = [orjson.loads(request.partition(b"\r\n\r\n")[2])["user_id"] for request in requests]
+    key_of: dict[str, int] = {}
+    for user, key in zip(users, keys, strict=True):
+        assert key_of.setdefault(user, key) == key
+    assert len(key_of) == 7
+    assert len(set(key_of.values())) == 7
