@@ -12,19 +12,23 @@ next to the server it shares the machine with. Each connection carries one reque
 (no pipelining); a request due while every connection is busy waits in a FIFO queue. With
 ``keys`` (one per request, e.g. its user) a request goes over the connection its key picks
 instead, and waits for that one: each user's events then travel in order over one connection,
-as a consumer of a stream partitioned by user sends them, and so reach one server process. At
-most ``max_outstanding`` requests are in flight or queued: a request due beyond that is not sent
-and counted as ``dropped`` (the offered load then exceeds what the run can even queue).
+as a consumer of a stream partitioned by user sends them, and so reach one server process (a
+keyed connection the server closes, e.g. idle too long, is opened again for the requests
+waiting for it). At most ``max_outstanding`` requests are in flight or queued: a request due
+beyond that is not sent and counted as ``dropped`` (the offered load then exceeds what the run
+can even queue).
 """
 
 import asyncio
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import cast
+
+from cli.bench.load_spec import LoadResult, LoadSpec, send_times
+
+__all__ = ["MIN_SLEEP", "LoadResult", "LoadSpec", "post_requests", "run_load", "send_times"]
 
 MIN_SLEEP = 0.001
 """The shortest wait between sends (s). uvloop rounds a timer to the nearest millisecond, so a
@@ -34,87 +38,13 @@ generator burned up to a core the server shares (measured: 212,000 wake-ups/s fo
 millisecond; that lateness is part of their latency and shown as the send lag."""
 
 
-@dataclass(frozen=True)
-class LoadSpec:
-    """One open-loop run: ``rate`` requests/s for ``warmup + duration`` seconds."""
-
-    rate: float
-    duration: float = 8.0
-    warmup: float = 2.0
-    connections: int = 64
-    max_outstanding: int = 2000
-    schedule: str = "poisson"
-    """``poisson`` (exponential gaps) or ``uniform`` (equal gaps)."""
-    drain_timeout: float = 5.0
-    """Seconds to wait for outstanding answers after the last send; late ones are errors."""
-    seed: int = 0
-    connect_interval: float = 0.01
-    """Pause between opening connections: a burst of connects is accepted by whichever server
-    process wakes first (uvicorn's workers share one listening socket), pinning every
-    keep-alive connection to one worker; spaced out, they spread over the workers."""
-
-
-@dataclass
-class LoadResult:
-    """Latencies (seconds, from intended send time) of requests intended inside the window."""
-
-    spec: LoadSpec
-    latencies: list[float] = field(default_factory=list)
-    completed_in_window: int = 0
-    """2xx answers that arrived inside the measured window (the achieved throughput)."""
-    errors: int = 0
-    """Non-2xx answers, broken connections and answers missing at the end of the drain."""
-    dropped: int = 0
-    client_cpu_seconds: float = 0.0
-    send_lags: list[float] = field(default_factory=list)
-    """Actual minus intended send time: waiting for a free connection, and the generator's own
-    timer resolution (~1 ms on uvloop); part of every latency, so shown apart."""
-
-    @property
-    def achieved_rate(self) -> float:
-        return self.completed_in_window / self.spec.duration
-
-    def percentile_ms(self, q: float) -> float:
-        """Nearest-rank percentile ``q`` (0-100) in ms; NaN without samples."""
-        if not self.latencies:
-            return math.nan
-        ordered = sorted(self.latencies)
-        rank = max(1, math.ceil(q / 100 * len(ordered)))
-        return ordered[rank - 1] * 1e3
-
-    def summary(self) -> dict[str, float | int]:
-        """One table row: offered vs achieved rate, percentiles (ms), errors."""
-        row: dict[str, float | int] = {
-            "offered_rps": round(self.spec.rate, 1),
-            "achieved_rps": round(self.achieved_rate, 1),
-        }
-        for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9), ("max", 100)):
-            row[f"{name}_ms"] = round(self.percentile_ms(q), 2)
-        lags = sorted(self.send_lags)
-        row["send_lag_p99_ms"] = round(lags[int(0.99 * (len(lags) - 1))] * 1e3, 2) if lags else 0.0
-        row.update(errors=self.errors, dropped=self.dropped, samples=len(self.latencies))
-        return row
-
-
-def send_times(spec: LoadSpec) -> list[float]:
-    """Intended send offsets (seconds from the start) over ``warmup + duration``."""
-    total = spec.warmup + spec.duration
-    if spec.schedule == "uniform":
-        return [i / spec.rate for i in range(math.ceil(total * spec.rate))]
-    if spec.schedule != "poisson":
-        raise ValueError(f"unknown schedule {spec.schedule!r}; use poisson or uniform")
-    rng = random.Random(spec.seed)
-    times, now = [], 0.0
-    while (now := now + rng.expovariate(spec.rate)) < total:
-        times.append(now)
-    return times
-
-
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; parses answers by Content-Length (no chunked bodies)."""
 
-    def __init__(self, run: "_Run") -> None:
+    def __init__(self, run: "_Run", slot: int) -> None:
         self.run = run
+        self.slot = slot
+        """Its place among the run's connections (keyed runs: the keys it carries)."""
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.intended = 0.0
@@ -154,12 +84,14 @@ class _Connection(asyncio.Protocol):
 
 
 class _Run:
-    """The state of one run: free connections, the wait queue and the counters."""
+    """One run: its connections, the requests waiting for one, and the counters."""
 
     def __init__(
-        self, spec: LoadSpec, requests: Sequence[bytes], keys: Sequence[int] | None
-    ) -> None:
+        self, spec: LoadSpec, addresses: Sequence[tuple[str, int]], requests: Sequence[bytes],
+        keys: Sequence[int] | None,
+    ) -> None:  # fmt: skip
         self.spec = spec
+        self.addresses = addresses
         self.requests = requests
         self.keys = keys
         self.result = LoadResult(spec)
@@ -175,6 +107,50 @@ class _Run:
         self.sent = 0
         self.done = asyncio.get_running_loop().create_future()
         self.scheduled_all = False
+        self.finished = False
+        """Drained or given up: connections closing now are the run's doing, not the server's."""
+        self.reopening: set[asyncio.Task[None]] = set()
+
+    async def open(self, slot: int) -> _Connection:
+        host, port = self.addresses[slot % len(self.addresses)]
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(lambda: _Connection(self, slot), host, port)
+        return connection
+
+    async def open_all(self) -> None:
+        for slot in range(self.spec.connections):
+            self.connections.append(await self.open(slot))
+            await asyncio.sleep(self.spec.connect_interval)
+        self.free = [c for c in self.connections if not c.lost] if self.keys is None else []
+
+    async def offer(self) -> None:
+        """Submit every request at its send time (catching up on any already due)."""
+        offsets = send_times(self.spec)
+        start = time.perf_counter() + 0.05
+        self.window = (start + self.spec.warmup, start + self.spec.warmup + self.spec.duration)
+        index = 0
+        while index < len(offsets):
+            now = time.perf_counter()
+            while index < len(offsets) and start + offsets[index] <= now:
+                self.submit(start + offsets[index])
+                index += 1
+            if index < len(offsets):
+                await asyncio.sleep(max(MIN_SLEEP, start + offsets[index] - time.perf_counter()))
+        self.scheduled_all = True
+        self._maybe_done()
+
+    async def drain(self) -> None:
+        """Wait for the answers still due; those missing at the timeout are errors. Then close."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.done), self.spec.drain_timeout)
+        except TimeoutError:
+            self.result.errors += sum(self._in_window(moment) for moment in self._unanswered())
+        self.finished = True
+        for task in self.reopening:
+            task.cancel()
+        for connection in self.connections:
+            if connection.transport is not None:
+                connection.transport.close()
 
     @property
     def outstanding(self) -> int:
@@ -193,10 +169,7 @@ class _Run:
         else:
             connection = self.connections[self.keys[number] % len(self.connections)]
             waiting = connection.waiting
-            if connection.lost:  # its key has nowhere to go
-                self.result.errors += self._in_window(intended)
-                return
-            if connection in self.busy:
+            if connection.lost or connection in self.busy:  # lost: being opened again
                 connection = None
         if connection is None:
             waiting.append((intended, request))
@@ -217,10 +190,15 @@ class _Run:
                 self.result.errors += 1
         if ok and self._in_window(now):
             self.result.completed_in_window += 1
+        self._next(connection)
+
+    def _next(self, connection: _Connection) -> None:
+        """Send the next request waiting for ``connection``, or mark it free."""
         waiting = self.queue if self.keys is None else connection.waiting
         if waiting:
             queued_intended, request = waiting.popleft()
             self.queued -= 1
+            self.busy.add(connection)
             connection.send(request, queued_intended)
         else:
             self.busy.discard(connection)
@@ -229,18 +207,36 @@ class _Run:
             self._maybe_done()
 
     def lost(self, connection: _Connection) -> None:
+        """The server closed ``connection``: its request in flight is an error; keyed, the
+        requests waiting for it go over a new one in its place."""
         connection.lost = True
+        if self.finished:
+            return
         if connection in self.free:
             self.free.remove(connection)
         if connection in self.busy:
             self.busy.discard(connection)
             self.result.errors += self._in_window(connection.intended)
-        self.result.errors += sum(self._in_window(moment) for moment, _ in connection.waiting)
-        self.queued -= len(connection.waiting)
-        connection.waiting.clear()
+        if self.keys is not None:
+            task = asyncio.get_running_loop().create_task(self._reopen(connection))
+            self.reopening.add(task)
+            task.add_done_callback(self.reopening.discard)
         self._maybe_done()
 
-    def unanswered(self) -> list[float]:
+    async def _reopen(self, old: _Connection) -> None:
+        try:
+            new = await self.open(old.slot)
+        except OSError:  # the server is gone: what waits for this key will not be sent
+            self.result.errors += sum(self._in_window(moment) for moment, _ in old.waiting)
+            self.queued -= len(old.waiting)
+            old.waiting.clear()
+            self._maybe_done()
+            return
+        new.waiting = old.waiting
+        self.connections[old.slot] = new
+        self._next(new)
+
+    def _unanswered(self) -> list[float]:
         """Intended send times of the requests still in flight or waiting."""
         waiting = [*self.queue, *(entry for c in self.connections for entry in c.waiting)]
         return [c.intended for c in self.busy] + [moment for moment, _ in waiting]
@@ -265,38 +261,12 @@ async def run_load(
     """
     if keys is not None and len(keys) != len(requests):
         raise ValueError(f"{len(keys)} keys for {len(requests)} requests: give one per request")
-    loop = asyncio.get_running_loop()
-    offsets = send_times(spec)
-    run = _Run(spec, requests, keys)
-    connections = []
-    for number in range(spec.connections):
-        host, port = addresses[number % len(addresses)]
-        _, protocol = await loop.create_connection(lambda: _Connection(run), host, port)
-        connections.append(protocol)
-        await asyncio.sleep(spec.connect_interval)
-    run.connections = connections
-    run.free = list(connections) if keys is None else []
+    run = _Run(spec, addresses, requests, keys)
+    await run.open_all()
     cpu_start = time.process_time()
-    start = time.perf_counter() + 0.05
-    run.window = (start + spec.warmup, start + spec.warmup + spec.duration)
-    index = 0
-    while index < len(offsets):
-        now = time.perf_counter()
-        while index < len(offsets) and start + offsets[index] <= now:
-            run.submit(start + offsets[index])  # catch up: every due request, at its own time
-            index += 1
-        if index < len(offsets):
-            await asyncio.sleep(max(MIN_SLEEP, start + offsets[index] - time.perf_counter()))
-    run.scheduled_all = True
-    run._maybe_done()
-    try:
-        await asyncio.wait_for(asyncio.shield(run.done), spec.drain_timeout)
-    except TimeoutError:
-        run.result.errors += sum(run._in_window(moment) for moment in run.unanswered())
+    await run.offer()
+    await run.drain()
     run.result.client_cpu_seconds = time.process_time() - cpu_start
-    for connection in connections:
-        if connection.transport is not None:
-            connection.transport.close()
     return run.result
 
 

@@ -132,6 +132,49 @@ def test_a_keyed_request_waits_for_its_own_connection_while_others_are_free() ->
     assert one.percentile_ms(99) > 400
 
 
+def silent_server() -> Handler:
+    """Reads requests and never answers them."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+
+    return handle
+
+
+def closing_server(opened: list[int]) -> Handler:
+    """Answers one request per connection, then closes it (as a server closes an idle
+    keep-alive connection); counts the connections in ``opened``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(1)
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0]))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.close()
+
+    return handle
+
+
+@pytest.mark.parametrize("keys", [None, [0, 1]], ids=["unkeyed", "keyed"])
+def test_requests_never_answered_are_each_one_error(keys: list[int] | None) -> None:
+    spec = LoadSpec(rate=50, duration=0.5, warmup=0.0, connections=4, drain_timeout=0.3)
+    result = offer(silent_server, spec, keys=keys)
+    assert result.errors == len(send_times(spec))  # counted at the drain, not again at close
+    assert result.latencies == []
+
+
+def test_a_keyed_connection_the_server_closes_is_opened_again_for_its_key() -> None:
+    opened: list[int] = []
+    spec = LoadSpec(rate=20, duration=1.0, warmup=0.0, connections=2, schedule="uniform")
+    result = offer(lambda: closing_server(opened), spec, keys=[0, 0])
+    assert result.errors == 0
+    assert len(result.latencies) == len(send_times(spec)) == 20
+    assert len(opened) >= 20  # one per request: each was closed after its answer
+
+
 def test_keys_must_match_the_requests_one_to_one() -> None:
     with pytest.raises(ValueError, match="one per request"):
         offer(lambda: serial_server(0.0), LoadSpec(rate=10, duration=0.2, warmup=0), keys=[1])

@@ -1,6 +1,6 @@
 """The service sweep end to end (cli.bench.sweep): a real ``lrurec serve`` subprocess with its
 embedded redis-server, pre-filled, then one low open-loop rate, on the main port and on the
-ingest port (``--ingest``)."""
+ingest port (``--ingest``, also with each user's events on one connection: ``--keyed``)."""
 
 from pathlib import Path
 
@@ -18,9 +18,16 @@ from cli.bench.sweep import (
 from tests.conftest import TINY_ITEM_IDS
 
 
-@pytest.mark.parametrize("ingest", [False, True], ids=["main-port", "ingest-port"])
-def test_a_low_rate_is_carried_without_errors(tiny_artifact: Path, ingest: bool) -> None:
-    spec = SweepSpec(rates=(40.0,), duration=1.5, warmup=0.5, k=3, users=5, connections=4)
+@pytest.mark.parametrize(
+    ("ingest", "keyed"), [(False, False), (True, False), (True, True)],
+    ids=["main-port", "ingest-port", "ingest-port-keyed"],
+)  # fmt: skip
+def test_a_low_rate_is_carried_without_errors(
+    tiny_artifact: Path, ingest: bool, keyed: bool
+) -> None:
+    spec = SweepSpec(
+        rates=(40.0,), duration=1.5, warmup=0.5, k=3, users=5, connections=4, keyed=keyed
+    )
     rows = sweep_configuration(
         tiny_artifact, 1, 1, {"LRUREC_BACKEND": "numba"}, list(TINY_ITEM_IDS), spec,
         lambda _: None, ingest,
