@@ -73,6 +73,8 @@ class _Entry:
 
 @dataclass(slots=True)
 class _Batch:
+    """The events of one batch task."""
+
     entries: list[_Entry]
     sent: bool = False
     """Its writes may have reached Redis: a cancelled task then leaves the outcome unknown."""
@@ -133,12 +135,14 @@ class EventLane:
         what was held."""
         batch = self._tasks.pop(task)
         if task.cancelled():  # perhaps before its first step: no line of _run ran
-            unknown = UnknownOutcomeError("the batch's write was sent but its reply never read")
             for entry in batch.entries:
                 if entry.future.done():
                     continue
-                if batch.sent:
-                    entry.future.set_exception(unknown)
+                if batch.sent:  # this worker's copy may be behind the record now: read it next
+                    self._engine.cache.drop(entry.event.user_id)
+                    entry.future.set_exception(
+                        UnknownOutcomeError("the event's write was sent but its reply never read")
+                    )
                 else:  # nothing was written: the ordinary path applies it
                     entry.future.set_result(None)
         held, self._held = self._held, []

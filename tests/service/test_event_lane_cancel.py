@@ -6,11 +6,14 @@ from collections.abc import Coroutine, Generator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import orjson
 import pytest
 import redis
+from starlette.requests import Request
 
+from service import telemetry
 from service.event_lane import UnknownOutcomeError
-from service.main import _build_engine
+from service.main import _build_engine, create_app
 from service.schemas import Event
 from service.settings import Settings
 
@@ -105,7 +108,9 @@ def test_a_batch_cancelled_after_its_write_was_sent_answers_unknown_and_applies_
             answered, _ = await asyncio.wait([second], timeout=10)
             assert answered, "the cancelled batch's event was never answered"
             error = second.exception()
+            stale = telemetry.CACHE_STALE._value.get()
             third = await engine.apply(Event(user_id=USER, item_id="item-3"), 3, True)
+            assert telemetry.CACHE_STALE._value.get() == stale  # the copy was dropped, not tried
             return error, third.events_applied
         finally:
             asyncio.get_running_loop().set_task_factory(None)
@@ -116,3 +121,19 @@ def test_a_batch_cancelled_after_its_write_was_sent_answers_unknown_and_applies_
     assert applied_after == 3  # the second event's write landed once; the next one follows it
     assert _history(redis_client, prefix) == [b"item-1", b"item-2", b"item-3"]
     assert _events_applied(redis_client, prefix) == 3
+
+
+def test_an_unknown_outcome_is_answered_503_redis_unavailable(
+    tiny_artifact: Path, redis_url: str
+) -> None:
+    """Both ports answer an exception with the app's handler for the nearest class in its MRO
+    (Starlette's lookup, and ``Ingest.error``): a Redis timeout's, 503 with ``Retry-After``."""
+    app = create_app(Settings(artifact=tiny_artifact, redis_url=redis_url))
+    error = UnknownOutcomeError("the event's write was sent but its reply never read")
+    handler = next(app.exception_handlers[kind] for kind in type(error).__mro__
+                   if kind in app.exception_handlers)  # fmt: skip
+    scope = {"type": "http", "method": "POST", "path": "/events", "headers": []}
+    response = asyncio.run(cast(Any, handler(Request(scope), error)))
+    assert response.status_code == 503
+    assert orjson.loads(response.body)["error"] == "redis_unavailable"
+    assert response.headers["retry-after"] == "1"
