@@ -1,11 +1,13 @@
 """HTTP routes: validate, call the engine, return; errors are mapped in service.errors."""
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from service.batch_events import apply_batch
 from service.deps import EngineDep, WriteAccess, require_api_key
@@ -32,7 +34,14 @@ from service.settings import MAX_K
 from service.telemetry import flush_buffers, render_metrics
 
 router = APIRouter()
+logger = logging.getLogger("service")
 
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded for a request whose client left before sending all of it (nginx's code): a
+client's doing, so a 4xx in the metrics, not a server error."""
+
+# Routes take ``{user_id:path}``: an id may contain "/" (events carry any id without control
+# characters), and such a user must stay readable and deletable.
 UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 ExcludeSeen = Annotated[bool, Query(description="Leave out the user's recent items.")]
 
@@ -64,7 +73,12 @@ async def post_event(request: Request) -> Response:
     await require_api_key(request, request.headers.get("x-api-key"))
     engine: Engine = request.app.state.engine
     k, exclude_seen = parse_event_query(request.query_params, engine.settings.default_k)
-    event = parse_event(await request.body())
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # left before its body ended: nothing to apply, no one to answer
+        logger.debug("client disconnected before the end of its POST /events body")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    event = parse_event(body)
     outcome = await engine.apply(event, k, exclude_seen)
     return Response(outcome.json(), media_type="application/json")
 
@@ -112,7 +126,7 @@ async def post_events_batch(
     return BatchResult(results=results)
 
 
-@router.get("/recommendations/{user_id}", tags=["recommendations"])
+@router.get("/recommendations/{user_id:path}", tags=["recommendations"])
 async def get_recommendations(
     user_id: UserId, engine: EngineDep,
     k: Annotated[int | None, Query(ge=1, le=MAX_K, description="Items to return.")] = None,
@@ -124,13 +138,13 @@ async def get_recommendations(
     )
 
 
-@router.get("/users/{user_id}", dependencies=[WriteAccess], tags=["users"])
+@router.get("/users/{user_id:path}", dependencies=[WriteAccess], tags=["users"])
 async def get_user(user_id: UserId, engine: EngineDep) -> UserInfo:
     """A user's event counts, recent items, state model version and last update."""
     return await engine.user_info(user_id)
 
 
-@router.delete("/users/{user_id}", dependencies=[WriteAccess], tags=["users"])
+@router.delete("/users/{user_id:path}", dependencies=[WriteAccess], tags=["users"])
 async def delete_user(user_id: UserId, engine: EngineDep) -> Deleted:
     """Forget a user: state, recent items and event ids."""
     return Deleted(user_id=user_id, deleted=await engine.delete_user(user_id))

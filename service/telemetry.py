@@ -291,8 +291,9 @@ class HTTPMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            # The router stores the matched route in the (shared) scope.
-            route = getattr(scope.get("route"), "path", None) or "<unmatched>"
+            # The router stores the matched route in the (shared) scope; its template without
+            # converters (`{user_id}`, not `{user_id:path}`) is the label dashboards know.
+            route = getattr(scope.get("route"), "path_format", None) or "<unmatched>"
             http_histogram(route, scope["method"], f"{status // 100}xx").observe(
                 time.perf_counter() - start
             )

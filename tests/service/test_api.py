@@ -1,6 +1,7 @@
 """The HTTP API against a real Redis and a real (tiny, random-weight) model."""
 
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -141,6 +142,16 @@ def test_delete_forgets_the_user(client: TestClient, redis_client: "redis.Redis"
     assert client.get("/users/u1").status_code == 404
     assert client.get("/recommendations/u1").json()["source"] == "cold_start"
     assert client.delete("/users/u1").json()["deleted"] is False
+
+
+@pytest.mark.parametrize("user_id", ["team/alice", "a/b/c/"])
+def test_an_id_with_slashes_can_be_read_and_deleted(client: TestClient, user_id: str) -> None:
+    post(client, user_id, "item-1")
+    quoted = quote(user_id, safe="")
+    assert client.get(f"/users/{quoted}").json()["events_applied"] == 1
+    assert client.get(f"/recommendations/{quoted}").json()["user_id"] == user_id
+    assert client.delete(f"/users/{quoted}").json() == {"user_id": user_id, "deleted": True}
+    assert client.get(f"/users/{quoted}").status_code == 404
 
 
 def test_user_info_reports_counts_history_and_version(client: TestClient) -> None:

@@ -1,7 +1,7 @@
 """``POST /events`` answered from uvicorn's request cycle (service.http_protocol): HTTP/1.1's
 corners on a real uvicorn server (HTTP/1.0, a body in several packets, an oversized body, a
-request queued behind one in progress, a graceful shutdown, and a client that leaves while its
-event is being applied)."""
+request queued behind one in progress, a graceful shutdown, a client that leaves while its
+event is being applied, and one that leaves before the end of its body)."""
 
 import json
 import socket
@@ -126,3 +126,31 @@ def test_an_event_whose_client_left_is_applied_once_and_the_server_goes_on(
     ((status, _, body),) = exchange(port, request("/events", {**EVENT, "user_id": "gone"}))
     assert status == 200, body
     assert json.loads(body)["events_applied"] == 2
+
+
+def _metric(port: int, name: str, *labels: str) -> float:
+    """The sum of the ``name`` samples whose labels include every one of ``labels``."""
+    head = b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"
+    ((status, _, body),) = exchange(port, head)
+    assert status == 200
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name + "{") and all(label in line for label in labels):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(served: tuple[FastAPI, int]) -> None:
+    _, port = served
+    errors = "lrurec_errors_total", 'kind="internal"'
+    server_errors = "lrurec_http_request_duration_seconds_count", 'route="/events"', 'status="5xx"'
+    before = _metric(port, *errors), _metric(port, *server_errors)
+    partial = request("/events", b'{"user_id": "left", "item_id": "item-1"}')[:-20]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(partial)  # Content-Length promises 20 more bytes that never come
+        time.sleep(0.2)
+    time.sleep(0.3)
+    assert (_metric(port, *errors), _metric(port, *server_errors)) == before
+    assert events_applied(port, "left") == 0
+    ((status, _, body),) = exchange(port, request("/events", {**EVENT, "user_id": "left"}))
+    assert status == 200, body
