@@ -16,6 +16,7 @@ import uvicorn
 
 from service.embedded_redis import EmbeddedRedis
 from service.http_protocol import HTTP_PROTOCOL
+from service.parent_death import SUPERVISOR_PID_ENV
 from service.settings import get_settings
 from service.telemetry import prepare_multiprocess_dir
 
@@ -96,6 +97,7 @@ def serve(
             )
             prepare_multiprocess_dir(metrics_dir)
             environment["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+            environment[SUPERVISOR_PID_ENV] = str(os.getpid())  # its workers end with it
         os.environ.update(environment)
         get_settings.cache_clear()
         typer.echo(f"serving {artifact} on http://{host}:{port} with {workers} worker(s)")

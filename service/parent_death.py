@@ -1,0 +1,34 @@
+"""Processes of the service end with the process that started them, even when it is killed
+with SIGKILL and can clean nothing up: Linux's parent-death signal (``PR_SET_PDEATHSIG``).
+Elsewhere nothing is set up, and a killed parent leaves its children running."""
+
+import ctypes
+import os
+import signal
+import sys
+
+SUPERVISOR_PID_ENV = "LRUREC_SERVE_SUPERVISOR_PID"
+"""Set by ``lrurec serve --workers N`` (N > 1) to its own pid: its workers end with it."""
+_PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent(expected_parent: int | None = None) -> None:
+    """Have the kernel send this process SIGTERM when its parent exits (Linux only).
+
+    Args:
+        expected_parent: the parent's pid; if the parent is another process already (it died
+            before this call, and this one was re-parented), SIGTERM is sent at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if expected_parent is not None and os.getppid() != expected_parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def end_worker_with_supervisor() -> None:
+    """In a worker of ``lrurec serve --workers N``: end with the supervising process."""
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if supervisor is not None and int(supervisor) != os.getpid():
+        end_with_parent(int(supervisor))
