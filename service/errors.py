@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from service import telemetry
@@ -83,6 +84,18 @@ def error_response(
     return Response(body, status_code=status_code, media_type="application/json", headers=headers)
 
 
+CLIENT_CLOSED_REQUEST = 499
+"""Status recorded for a request whose client left before sending all of it (nginx's code): a
+client's doing, so a 4xx in the metrics, not a server error."""
+
+
+def client_left() -> Response:
+    """The answer, never delivered, to a request whose client left before the end of its body
+    (timed as a 4xx, not counted as an error)."""
+    logger.debug("client disconnected before the end of its request body")
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def describe_validation(errors: Sequence[Any]) -> str:
     """``"body.user_id: Field required; query.k: ..."``: every message names its field."""
     parts = []
@@ -118,8 +131,16 @@ async def _redis_error(_: Request, exc: Exception) -> Response:
     return error_response(503, "redis_error", f"Redis refused the operation: {exc}")
 
 
-async def _http_error(_: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ClientDisconnect):
+        return client_left()
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        # FastAPI could not decode the body at all (bad UTF-8, nesting too deep): invalid JSON,
+        # answered 422 naming the body like every other malformed body.
+        message = f"Invalid JSON: {exc.__cause__}"
+        invalid = {"loc": ("body",), "msg": message, "type": "json_invalid"}
+        return await _validation_error(request, RequestValidationError([invalid]))
     kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
         exc.status_code, "http"
     )

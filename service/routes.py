@@ -1,6 +1,5 @@
 """HTTP routes: validate, call the engine, return; errors are mapped in service.errors."""
 
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -17,6 +16,7 @@ from service.errors import (
     ContentionError,
     InvalidInputError,
     RedisUnavailableError,
+    client_left,
 )
 from service.parsing import parse_event, parse_event_query
 from service.schemas import (
@@ -34,11 +34,6 @@ from service.settings import MAX_K
 from service.telemetry import flush_buffers, render_metrics
 
 router = APIRouter()
-logger = logging.getLogger("service")
-
-CLIENT_CLOSED_REQUEST = 499
-"""Status recorded for a request whose client left before sending all of it (nginx's code): a
-client's doing, so a 4xx in the metrics, not a server error."""
 
 # Routes take ``{user_id:path}``: an id may contain "/" (events carry any id without control
 # characters), and such a user must stay readable and deletable.
@@ -76,8 +71,7 @@ async def post_event(request: Request) -> Response:
     try:
         body = await request.body()
     except ClientDisconnect:  # left before its body ended: nothing to apply, no one to answer
-        logger.debug("client disconnected before the end of its POST /events body")
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
+        return client_left()
     event = parse_event(body)
     outcome = await engine.apply(event, k, exclude_seen)
     return Response(outcome.json(), media_type="application/json")

@@ -200,6 +200,21 @@ def test_batch_applies_events_in_order_per_user(
         np.testing.assert_allclose(stored_state(redis_client, user), expected_state, atol=1e-6)
 
 
+@pytest.mark.parametrize("path", ["/events", "/events/batch"])
+@pytest.mark.parametrize(
+    "body", [b'{"user_id": "\xff"}', b"[" * 100_000 + b"]" * 100_000, b'{"events": ['],
+    ids=["not-utf-8", "nested-too-deep", "truncated"],
+)  # fmt: skip
+def test_a_body_that_is_not_json_is_a_422_naming_the_body(
+    client: TestClient, path: str, body: bytes
+) -> None:
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    document = response.json()
+    assert document["error"] == "validation"
+    assert document["message"].startswith("body")
+
+
 def test_api_key_guards_write_and_admin_endpoints(make_client: ClientFactory) -> None:
     event = {"user_id": "u1", "item_id": "item-1"}
     wrong, right = {"X-API-Key": "wrong"}, {"X-API-Key": "s3cret"}

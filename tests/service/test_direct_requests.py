@@ -140,12 +140,19 @@ def _metric(port: int, name: str, *labels: str) -> float:
     return total
 
 
-def test_a_client_that_leaves_mid_body_is_no_server_error(served: tuple[FastAPI, int]) -> None:
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/events", b'{"user_id": "left", "item_id": "item-1"}'),
+     ("/events/batch", b'{"events": [{"user_id": "left", "item_id": "item-1"}]}')],
+)  # fmt: skip
+def test_a_client_that_leaves_mid_body_is_no_server_error(
+    served: tuple[FastAPI, int], path: str, body: bytes
+) -> None:
     _, port = served
     errors = "lrurec_errors_total", 'kind="internal"'
-    server_errors = "lrurec_http_request_duration_seconds_count", 'route="/events"', 'status="5xx"'
+    server_errors = "lrurec_http_request_duration_seconds_count", f'route="{path}"', 'status="5xx"'
     before = _metric(port, *errors), _metric(port, *server_errors)
-    partial = request("/events", b'{"user_id": "left", "item_id": "item-1"}')[:-20]
+    partial = request(path, body)[:-20]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(partial)  # Content-Length promises 20 more bytes that never come
         time.sleep(0.2)
