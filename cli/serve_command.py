@@ -8,12 +8,16 @@ demo artifact is built (seconds) and served.
 import os
 import tempfile
 from contextlib import ExitStack
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
+from redis.connection import ConnectionPool
 
+from model.artifact import ITEMS_FILE
+from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from service.embedded_redis import EmbeddedRedis
 from service.http_protocol import HTTP_PROTOCOL
 from service.parent_death import SUPERVISOR_PID_ENV
@@ -24,10 +28,44 @@ APP_FACTORY = "service.main:create_app"
 WORKER_HEALTHCHECK_SECONDS = 60
 
 
+class LogLevel(StrEnum):
+    """uvicorn's log levels."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+    TRACE = "trace"
+
+
 def _demo_artifact() -> Path:
     from cli.demo import ensure_demo_artifact  # built only when no artifact is configured
 
+    typer.echo("no artifact configured: serving the demo artifact (built once, then cached)")
     return ensure_demo_artifact()
+
+
+def _checked_artifact(artifact: Path) -> Path:
+    """``artifact`` if it holds an exported model (checked here, not as a traceback from
+    every worker's start-up)."""
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE, ITEMS_FILE)
+               if not (artifact / name).is_file()]  # fmt: skip
+    if missing:
+        raise typer.BadParameter(
+            f"{artifact} is not a serving artifact (no {', '.join(missing)}); "
+            "export one with `lrurec train` or `lrurec export`",
+            param_hint="--artifact / LRUREC_ARTIFACT",
+        )
+    return artifact
+
+
+def _checked_redis_url(url: str) -> str:
+    try:
+        ConnectionPool.from_url(url)  # parses only; nothing is connected
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--redis-url / LRUREC_REDIS_URL") from None
+    return url
 
 
 def serve(
@@ -64,7 +102,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="uvicorn log level.")] = LogLevel.INFO,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve real-time recommendations over HTTP (see /docs once it runs).
@@ -74,10 +112,12 @@ def serve(
     LRUREC_DEVICE=cpu|cuda, LRUREC_TORCH_THREADS, LRUREC_API_KEY, ...
     """
     settings = get_settings()
-    artifact = artifact or settings.artifact or _demo_artifact()
+    artifact = _checked_artifact(artifact or settings.artifact or _demo_artifact())
     with ExitStack() as stack:
         url = redis_url or settings.redis_url
-        if url is None:
+        if url is not None:
+            _checked_redis_url(url)
+        else:
             url = stack.enter_context(EmbeddedRedis()).url
             typer.echo(f"embedded redis-server on {url} (stopped on exit; nothing persisted)")
         # Workers are fresh processes: they read their settings from the environment.
@@ -101,9 +141,10 @@ def serve(
         os.environ.update(environment)
         get_settings.cache_clear()
         typer.echo(f"serving {artifact} on http://{host}:{port} with {workers} worker(s)")
+        typer.echo("loading the model (the first start also compiles its kernels: up to a minute)")
         uvicorn.run(
             APP_FACTORY, factory=True, host=host, port=port, workers=workers,
-            log_level=log_level, access_log=access_log,
+            log_level=log_level.value, access_log=access_log,
             # httptools with each response in one send() (service/http_protocol.py).
             http=HTTP_PROTOCOL,
             # A spawned worker answers the supervisor's ping only after importing torch and the
