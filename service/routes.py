@@ -144,7 +144,7 @@ async def delete_user(user_id: UserId, engine: EngineDep) -> Deleted:
     return Deleted(user_id=user_id, deleted=await engine.delete_user(user_id))
 
 
-@router.get("/healthz", tags=["operations"])
+@router.get("/healthz", tags=["operations"], response_model_exclude_none=True)
 async def healthz() -> Health:
     """The process is alive."""
     return Health(status="ok")

@@ -30,8 +30,9 @@ class Event(BaseModel):
         default=None, description="Idempotency key: an event id seen before is not applied again."
     )
     timestamp: float | None = Field(
-        default=None, ge=0, description="Client time (unix seconds); informational."
-    )
+        default=None, ge=0, allow_inf_nan=False,
+        description="Client time (unix seconds, a number); informational.",
+    )  # fmt: skip
 
 
 class EventBatch(BaseModel):
