@@ -54,7 +54,7 @@ def _checked_artifact(artifact: Path) -> Path:
     if missing:
         raise typer.BadParameter(
             f"{artifact} is not a serving artifact (no {', '.join(missing)}); "
-            "export one with `lrurec train` or `lrurec export`",
+            "write one with `lrurec train --out DIR`",
             param_hint="--artifact / LRUREC_ARTIFACT",
         )
     return artifact
@@ -138,6 +138,8 @@ def serve(
             prepare_multiprocess_dir(metrics_dir)
             environment["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
             environment[SUPERVISOR_PID_ENV] = str(os.getpid())  # its workers end with it
+        else:
+            os.environ.pop(SUPERVISOR_PID_ENV, None)  # one inherited from elsewhere: not ours
         os.environ.update(environment)
         get_settings.cache_clear()
         typer.echo(f"serving {artifact} on http://{host}:{port} with {workers} worker(s)")

@@ -135,7 +135,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ClientDisconnect):
         return client_left()
-    if exc.status_code == 400 and exc.__cause__ is not None:
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
         # FastAPI could not decode the body at all (bad UTF-8, nesting too deep): invalid JSON,
         # answered 422 naming the body like every other malformed body.
         message = f"Invalid JSON: {exc.__cause__}"

@@ -3,6 +3,7 @@ with SIGKILL and can clean nothing up: Linux's parent-death signal (``PR_SET_PDE
 Elsewhere nothing is set up, and a killed parent leaves its children running."""
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
@@ -28,7 +29,13 @@ def end_with_parent(expected_parent: int | None = None) -> None:
 
 
 def end_worker_with_supervisor() -> None:
-    """In a worker of ``lrurec serve --workers N``: end with the supervising process."""
-    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
-    if supervisor is not None and int(supervisor) != os.getpid():
-        end_with_parent(int(supervisor))
+    """In a worker of ``lrurec serve --workers N``: end with the supervising process.
+
+    Only in a process that multiprocessing started from the process the variable names: a
+    value left in the environment of anything else (a test, one worker, another server) is
+    ignored, not obeyed by a process whose parent is someone else.
+    """
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV, "")
+    parent = multiprocessing.parent_process()
+    if parent is not None and supervisor.isdigit() and parent.pid == int(supervisor):
+        end_with_parent(parent.pid)

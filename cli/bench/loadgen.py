@@ -51,6 +51,8 @@ class _Connection(asyncio.Protocol):
         self.waiting: deque[tuple[float, bytes]] = deque()
         """Keyed runs: requests due for this connection while it was busy, oldest first."""
         self.lost = False
+        self.reopening = False
+        """Keyed runs: a new connection is being opened in this lost one's place."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
@@ -169,7 +171,10 @@ class _Run:
         else:
             connection = self.connections[self.keys[number] % len(self.connections)]
             waiting = connection.waiting
-            if connection.lost or connection in self.busy:  # lost: being opened again
+            if connection.lost:  # this request goes over a new one in its place
+                self._reopen_soon(connection)
+                connection = None
+            elif connection in self.busy:
                 connection = None
         if connection is None:
             waiting.append((intended, request))
@@ -217,11 +222,19 @@ class _Run:
         if connection in self.busy:
             self.busy.discard(connection)
             self.result.errors += self._in_window(connection.intended)
-        if self.keys is not None:
-            task = asyncio.get_running_loop().create_task(self._reopen(connection))
-            self.reopening.add(task)
-            task.add_done_callback(self.reopening.discard)
+        if self.keys is not None and connection.waiting:
+            self._reopen_soon(connection)
         self._maybe_done()
+
+    def _reopen_soon(self, old: _Connection) -> None:
+        """Open a connection in ``old``'s place for its key's requests (once at a time; only
+        when one waits, so a server that closes idle connections sees no reconnect loop)."""
+        if old.reopening:
+            return
+        old.reopening = True
+        task = asyncio.get_running_loop().create_task(self._reopen(old))
+        self.reopening.add(task)
+        task.add_done_callback(self.reopening.discard)
 
     async def _reopen(self, old: _Connection) -> None:
         try:
@@ -230,6 +243,7 @@ class _Run:
             self.result.errors += sum(self._in_window(moment) for moment, _ in old.waiting)
             self.queued -= len(old.waiting)
             old.waiting.clear()
+            old.reopening = False  # the next request for this key tries again
             self._maybe_done()
             return
         new.waiting = old.waiting
