@@ -2,6 +2,7 @@
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -137,7 +138,13 @@ def bench(
     if replicas > 1:
         layouts.append((f"{replicas} replicas", 1, replicas))
     sweeps = _sweep_all(models.split(","), layouts, lrurec_backend, micro_batch, spec, out, ingest)
-    results = {f"{m}/{w}": {"rows": r, "knee": knee(r, slo_p99_ms)} for (m, w), r in sweeps.items()}
+    # What produced the rows goes with them, so a sweep.json can be compared and re-run.
+    setup = {**asdict(spec), "ingest": ingest, "micro_batch": micro_batch,
+             "lrurec_backend": lrurec_backend}  # fmt: skip
+    results = {
+        f"{m}/{w}": {"rows": r, "knee": knee(r, slo_p99_ms), "setup": setup}
+        for (m, w), r in sweeps.items()
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(results, indent=2) + "\n")
     if plot is not None:

@@ -1,11 +1,14 @@
 """The service sweep end to end (cli.bench.sweep): a real ``lrurec serve`` subprocess with its
 embedded redis-server, pre-filled, then one low open-loop rate, on the main port and on the
-ingest port (``--ingest``, also with each user's events on one connection: ``--keyed``)."""
+ingest port (``--ingest``, also with each user's events on one connection: ``--keyed``); and the
+``lrurec bench --service`` command's ``sweep.json``."""
 
+import json
 from pathlib import Path
 
 import orjson
 import pytest
+from typer.testing import CliRunner
 
 from cli.bench.sweep import (
     SweepSpec,
@@ -15,6 +18,7 @@ from cli.bench.sweep import (
     sweep_configuration,
     user_keys,
 )
+from cli.main import app
 from tests.conftest import TINY_ITEM_IDS
 
 
@@ -57,3 +61,22 @@ def test_every_event_of_a_user_gets_that_users_key() -> None:
         assert key_of.setdefault(user, key) == key
     assert len(key_of) == 7
     assert len(set(key_of.values())) == 7
+
+
+def test_the_command_writes_each_configurations_rows_with_what_produced_them(
+    tmp_path: Path,
+) -> None:
+    arguments = [
+        "bench", "--service", "--models", "lrurec", "--workers", "1", "--replicas", "0",
+        "--rates", "30", "--duration", "1", "--warmup", "0.5", "--users", "5", "--ingest",
+        "--keyed", "--out", str(tmp_path),
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    (configuration,) = json.loads((tmp_path / "sweep.json").read_text()).values()
+    (row,) = configuration["rows"]
+    assert row["offered_rps"] == 30
+    assert row["errors"] == 0
+    assert configuration["setup"]["keyed"] is True
+    assert configuration["setup"]["ingest"] is True
+    assert configuration["setup"]["rates"] == [30.0]
