@@ -20,8 +20,8 @@ from service.errors import (
 )
 from service.parsing import parse_event, parse_event_query
 from service.schemas import (
-    ID_PATTERN,
     MAX_ID_LENGTH,
+    USER_ID_PATTERN,
     BatchResult,
     Deleted,
     EventBatch,
@@ -37,7 +37,7 @@ router = APIRouter()
 
 # Routes take ``{user_id:path}``: an id may contain "/" (events carry any id without control
 # characters), and such a user must stay readable and deletable.
-UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
+UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=USER_ID_PATTERN)]
 ExcludeSeen = Annotated[bool, Query(description="Leave out the user's recent items.")]
 
 

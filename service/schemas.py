@@ -14,6 +14,12 @@ ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)
 ]
+# User ids are read back from URL paths, where undecodable bytes become U+FFFD: without it in
+# ids, two different invalid-UTF-8 paths cannot read the same user.
+USER_ID_PATTERN = r"^[^\x00-\x1f\x7f\ufffd]+$"
+UserIdentifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=USER_ID_PATTERN)
+]
 
 Reason = Literal["duplicate", "unknown_item", "redis_unavailable", "contention"]
 Source = Literal["model", "cold_start"]
@@ -24,7 +30,7 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: Identifier
+    user_id: UserIdentifier
     item_id: Identifier = Field(description="External id from the artifact's vocabulary.")
     event_id: Identifier | None = Field(
         default=None, description="Idempotency key: an event id seen before is not applied again."

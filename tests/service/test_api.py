@@ -154,6 +154,19 @@ def test_an_id_with_slashes_can_be_read_and_deleted(client: TestClient, user_id:
     assert client.get(f"/users/{quoted}").status_code == 404
 
 
+def test_a_user_id_from_undecodable_bytes_is_refused_not_read_as_another(
+    client: TestClient,
+) -> None:
+    # %FF and %FE both decode to U+FFFD: accepted, they would name one and the same user.
+    for path in ("/users/a%FFb", "/users/a%FEb", "/recommendations/a%FFb"):
+        assert client.get(path).status_code == 422, path
+    refused = client.post("/events", json={"user_id": "a\ufffdb", "item_id": "item-1"})
+    assert refused.status_code == 422
+    assert refused.json()["message"].startswith("body.user_id")
+    kept = client.post("/events", json={"user_id": "ok", "item_id": "sku\ufffd"})
+    assert kept.json()["reason"] == "unknown_item"  # item ids only travel in bodies: allowed
+
+
 def test_user_info_reports_counts_history_and_version(client: TestClient) -> None:
     post(client, "u1", "item-1")
     post(client, "u1", "item-2")
