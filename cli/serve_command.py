@@ -16,8 +16,7 @@ import typer
 import uvicorn
 from redis.connection import ConnectionPool
 
-from model.artifact import ITEMS_FILE
-from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from model.artifact import missing_files
 from service.embedded_redis import EmbeddedRedis
 from service.http_protocol import HTTP_PROTOCOL
 from service.parent_death import SUPERVISOR_PID_ENV
@@ -49,9 +48,7 @@ def _demo_artifact() -> Path:
 def _checked_artifact(artifact: Path) -> Path:
     """``artifact`` if it holds an exported model (checked here, not as a traceback from
     every worker's start-up)."""
-    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE, ITEMS_FILE)
-               if not (artifact / name).is_file()]  # fmt: skip
-    if missing:
+    if missing := missing_files(artifact):
         raise typer.BadParameter(
             f"{artifact} is not a serving artifact (no {', '.join(missing)}); "
             "write one with `lrurec train --out DIR`",
@@ -60,12 +57,11 @@ def _checked_artifact(artifact: Path) -> Path:
     return artifact
 
 
-def _checked_redis_url(url: str) -> str:
+def _check_redis_url(url: str) -> None:
     try:
         ConnectionPool.from_url(url)  # parses only; nothing is connected
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--redis-url / LRUREC_REDIS_URL") from None
-    return url
 
 
 def serve(
@@ -116,7 +112,7 @@ def serve(
     with ExitStack() as stack:
         url = redis_url or settings.redis_url
         if url is not None:
-            _checked_redis_url(url)
+            _check_redis_url(url)
         else:
             url = stack.enter_context(EmbeddedRedis()).url
             typer.echo(f"embedded redis-server on {url} (stopped on exit; nothing persisted)")

@@ -113,12 +113,17 @@ def save_artifact(
     return version
 
 
+def missing_files(directory: Path) -> list[str]:
+    """The files of an artifact that ``directory`` lacks (none: it can be loaded)."""
+    return [name for name in (WEIGHTS_FILE, CONFIG_FILE, ITEMS_FILE)
+            if not (directory / name).is_file()]  # fmt: skip
+
+
 def load_artifact(directory: Path | str, device: str = "cpu") -> Artifact:
     """Load an artifact directory written by :func:`save_artifact` (model in eval mode)."""
     directory = Path(directory)
-    for name in (WEIGHTS_FILE, CONFIG_FILE, ITEMS_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} not found: not an artifact directory")
+    for name in missing_files(directory):
+        raise FileNotFoundError(f"{directory / name} not found: not an artifact directory")
     model = load_model(directory, device=device)
     config: dict[str, Any] = json.loads((directory / CONFIG_FILE).read_text())
     item_ids, popularity = _read_items(directory / ITEMS_FILE)
