@@ -291,9 +291,24 @@ class HTTPMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            # The router stores the matched route in the (shared) scope; its template without
-            # converters (`{user_id}`, not `{user_id:path}`) is the label dashboards know.
-            route = getattr(scope.get("route"), "path_format", None) or "<unmatched>"
-            http_histogram(route, scope["method"], f"{status // 100}xx").observe(
+            http_histogram(route_label(scope), scope["method"], f"{status // 100}xx").observe(
                 time.perf_counter() - start
             )
+
+
+def route_label(scope: Scope) -> str:
+    """The template of the route that answered (``<unmatched>``: none did).
+
+    Its template without converters (``{user_id}``, not ``{user_id:path}``) is the label
+    dashboards know. FastAPI's router stores its own routes in the (shared) scope; for plain
+    Starlette routes (``/docs``, ``/openapi.json``) it stores only the endpoint, so their route
+    is found among the app's by that endpoint.
+    """
+    path = getattr(scope.get("route"), "path_format", None)
+    endpoint = scope.get("endpoint")
+    if path is None and endpoint is not None:
+        for route in getattr(scope.get("app"), "routes", ()):
+            if getattr(route, "endpoint", None) is endpoint:
+                path = getattr(route, "path_format", None)
+                break
+    return path or "<unmatched>"

@@ -1,4 +1,4 @@
-"""``/metrics`` exposes every name of the METRICS.md contract, and the counters move."""
+"""``/metrics`` exposes every name of the contract in README.md (Metrics), and the counters move."""
 
 import re
 
@@ -109,3 +109,23 @@ def test_routes_are_labelled_by_template_not_by_user(client: TestClient, path: s
         client.get(path.format(n=n))
     text = client.get("/metrics").text
     assert "someone-" not in text
+
+
+def test_documentation_routes_are_labelled_by_their_path(client: TestClient) -> None:
+    # FastAPI records only its own routes in the scope; /docs and /openapi.json are plain
+    # Starlette routes, found by their endpoint.
+    before = scrape(client)
+    assert client.get("/docs").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/no-such-page").status_code == 404
+    after = scrape(client)
+
+    def delta(route: str, status: str) -> float:
+        labels = {"route": route, "method": "GET", "status": status}
+        name = "lrurec_http_request_duration_seconds_count"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("/docs", "2xx") == 1
+    assert delta("/openapi.json", "2xx") == 1
+    assert delta("<unmatched>", "2xx") == 0
+    assert delta("<unmatched>", "4xx") == 1
