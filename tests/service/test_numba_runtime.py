@@ -1,5 +1,6 @@
 """The numba backend (LRUREC_BACKEND=numba) computes what the torch backend does, end to end."""
 
+import itertools
 import math
 import os
 import subprocess
@@ -110,8 +111,9 @@ def test_numba_top_k_breaks_ties_by_the_lower_index(tiny_artifact: Path) -> None
     stepper = NumbaStepper(artifact)
     hidden = np.ones((8, model.config.d_model), dtype=np.float32)
     expected = [index for index in range(1, TINY_N_ITEMS + 1) if index != 2]
-    # The fused kernel (1 row, k 5), and the BLAS path (k 40; 8 rows): the same order.
-    for rows, k in ((1, 5), (1, 40), (8, 5)):
+    # The fused kernel (1 row, k 5), the BLAS scores (2 and 8 rows) and the partial sort (k 40):
+    # the same order.
+    for rows, k in ((1, 5), (1, 40), (2, 5), (8, 5)):
         for indices, values in stepper.top_k(hidden[:rows], k, [[2]] * rows):
             assert indices.tolist() == expected[:k]
             assert len(set(values.tolist())) == 1
@@ -149,10 +151,11 @@ def test_numba_top_k_never_ranks_non_finite_scores(tiny_artifact: Path) -> None:
     scores = hidden[0] @ table.T + bias
     finite = [index for index in range(1, TINY_N_ITEMS + 1) if np.isfinite(scores[index])]
     expected = sorted(finite, key=lambda index: (-scores[index], index))
-    for k in (5, 40):  # the fused kernel and the BLAS path
-        indices, values = stepper.top_k(hidden, k, [[]])[0]
-        assert indices.tolist() == expected[:k]
-        assert np.isfinite(values).all()
+    # One row: the fused kernel (k 5), the partial sort (k 40); two: BLAS scores, either way.
+    for rows, k in itertools.product((1, 2), (5, 40)):
+        for indices, values in stepper.top_k(np.repeat(hidden, rows, axis=0), k, [[]] * rows):
+            assert indices.tolist() == expected[:k]
+            assert np.isfinite(values).all()
 
 
 @pytest.mark.parametrize("k", [1, 3, 10, 32])
@@ -251,7 +254,7 @@ def test_numba_backend_refuses_bad_input_instead_of_reading_out_of_bounds(
         stepper.step(np.array([1, TINY_N_ITEMS + 1], dtype=np.int64), states)
     with pytest.raises(IndexError, match="outside the model's vocabulary"):
         stepper.step(np.array([-1, 1], dtype=np.int64), states)
-    for rows in (2, 9):  # the fused kernel and the batched (BLAS) step
+    for rows in (2, 9):  # the compiled loops and the batched (BLAS) step
         bad = np.ones(rows, dtype=np.int64)
         bad[-1] = TINY_N_ITEMS + 1
         batch_states = np.zeros((rows, *stepper.state_shape), np.float32)
@@ -262,7 +265,7 @@ def test_numba_backend_refuses_bad_input_instead_of_reading_out_of_bounds(
     with pytest.raises(ValueError, match="expected"):
         stepper.step(np.array([[1, 2]], dtype=np.int64), states)
     hidden = stepper.step(np.array([1, 2], dtype=np.int64), states)[0]
-    for k in (5, 40):  # the fused kernel and the BLAS path
+    for k in (5, 40):  # the compiled selection and the partial sort
         with pytest.raises(IndexError, match="row 1"):
             stepper.top_k(hidden, k, [[1], [TINY_N_ITEMS + 1]])
     with pytest.raises(ValueError, match="exclusion lists"):
@@ -401,7 +404,8 @@ def test_numba_kernels_stay_inside_their_arrays(tiny_artifact: Path, tmp_path: P
     assert probe.stdout.split()[-1] == "ok"
 
 
-@pytest.mark.parametrize("rows", [1, 3, 9])  # one compiled call below 8 rows, BLAS from 8
+# 1 row: one compiled call; 3: the compiled step, then BLAS scores; 9: BLAS for both.
+@pytest.mark.parametrize("rows", [1, 3, 9])
 @pytest.mark.parametrize("k", [1, 10, 40])  # 40: above the kernels' insertion limit
 def test_numba_step_top_k_equals_a_step_then_a_top_k(
     tiny_artifact: Path, rows: int, k: int
