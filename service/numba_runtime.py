@@ -4,7 +4,8 @@ The fastest CPU path at small batches, where a call is dominated by per-operator
 PyTorch and onnxruntime (benchmarks/RESULTS.md): the kernels in :mod:`service.numba_kernels`
 do a batch-1 step + ranking in about the time of its arithmetic. Weights are snapshotted at
 start-up in the kernels' layouts, from the same folded constants the torch fast path and the
-ONNX export use (:mod:`model.folded`); the item table is the torch model's own (not copied).
+ONNX export use (:mod:`model.folded`); the item table is the torch model's own, and a
+column-major copy of it (tables up to 64 MB) feeds the product that scores several rows.
 The kernels are compiled when the backend is built, so the first event does not pay for it:
 5-20 s on a 2-core VM the first time, then loaded from numba's disk cache (next to the module
 or in ``NUMBA_CACHE_DIR``) in well under a second. numba and LLVM add about 200 MB of resident
