@@ -111,13 +111,24 @@ def _sum_into(a: Floats, b: Floats, out: Floats) -> None:
 @njit(fastmath=FAST_MATH, error_model=ERROR_MODEL, inline="always")
 def _add_products(weight_t: Floats, x: Floats, out: Floats) -> None:
     """``out += x @ weight_t`` for a batch, ``x [b, inputs]``, ``out [b, outputs]``: each
-    weight row is used for every user while it is in cache."""
-    for j in range(weight_t.shape[0]):
+    weight row is used for every user while it is in cache, four rows per pass over ``out``
+    (a pass per row was bound by loading and storing ``out``: 1.5 against 1.0 µs for one
+    user's 256 × 64 here)."""
+    inputs, outputs = weight_t.shape
+    whole = inputs - inputs % 4
+    for j in range(0, whole, 4):
+        row0, row1, row2, row3 = weight_t[j], weight_t[j + 1], weight_t[j + 2], weight_t[j + 3]
+        for user in range(x.shape[0]):
+            x0, x1, x2, x3 = x[user, j], x[user, j + 1], x[user, j + 2], x[user, j + 3]
+            target = out[user]
+            for r in range(outputs):
+                target[r] += x0 * row0[r] + x1 * row1[r] + x2 * row2[r] + x3 * row3[r]
+    for j in range(whole, inputs):
         row = weight_t[j]
         for user in range(x.shape[0]):
             xj = x[user, j]
             target = out[user]
-            for r in range(weight_t.shape[1]):
+            for r in range(outputs):
                 target[r] += xj * row[r]
 
 
