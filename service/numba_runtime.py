@@ -5,7 +5,7 @@ PyTorch and onnxruntime (benchmarks/RESULTS.md): the kernels in :mod:`service.nu
 do a batch-1 step + ranking in about the time of its arithmetic. Weights are snapshotted at
 start-up in the kernels' layouts, from the same folded constants the torch fast path and the
 ONNX export use (:mod:`model.folded`); the item table is the torch model's own, and a
-column-major copy of it (tables up to 64 MB) feeds the product that scores several rows.
+column-major copy of it (tables up to 16 MB) feeds the product that scores several rows.
 The kernels are compiled when the backend is built, so the first event does not pay for it:
 5-20 s on a 2-core VM the first time, then loaded from numba's disk cache (next to the module
 or in ``NUMBA_CACHE_DIR``) in well under a second. numba and LLVM add about 200 MB of resident
@@ -47,10 +47,12 @@ SCORE_BLAS_MIN_ROWS = 2
 """From this many rows, one BLAS product scores them faster than the kernels' loops, which
 read the whole item table once per row: the product reads it once for several rows (4 rows of
 3,416 items: 16 µs against 60 µs)."""
-COLUMN_TABLE_MAX_BYTES = 64 << 20
-"""Item tables up to this size get a column-major copy for the scoring product (torch's BLAS
-reads it fastest: 4 rows of 262,144 items in 3 ms against 9 ms through a transposed view);
-larger ones are read through a view, without doubling their memory."""
+COLUMN_TABLE_MAX_BYTES = 16 << 20
+"""Item tables up to this size (65,536 items at d = 64) get a column-major copy for the scoring
+product (torch's BLAS reads it fastest: 4 rows of 100,000 items in 1.0 ms against 1.8 ms
+through a transposed view); larger ones are read through a view, without doubling their
+memory: from 50,000 items the service ranks through the int8 first stage by default
+(``LRUREC_QUANTIZED_SCORING``), which does not use this product."""
 SCORE_CHUNK_FLOATS = 1 << 22
 """Scores held at once on the BLAS path (16 MB), whatever the batch and catalogue."""
 
@@ -166,7 +168,9 @@ class NumbaStepper(TorchRebuilds):
         super().__init__(model)
         with torch.no_grad():
             self._weights = kernel_weights(model)
-            # The torch model's own table (no copy; prefill reads it too): 256 MB at 1M × 64.
+            # The torch model's own table (prefill reads it too): 256 MB at 1M × 64. Like the
+            # weights above, the column-major copy is a snapshot: the model never changes once
+            # it serves.
             self._table = _array(model.embedding.weight)  # [v, d]
             self._bias = _array(model.item_bias)
             table = torch.from_numpy(self._table)
@@ -301,7 +305,8 @@ class NumbaStepper(TorchRebuilds):
 
     def _products(self, hidden: FloatArray) -> FloatArray:
         """``hidden [b, d] @ tableᵀ`` as a new ``[b, v]`` array, through torch's BLAS on the
-        column-major table (numpy's took 133 µs for 2 rows of 3,416 items here, this 14 µs)."""
+        column-major copy of the table (or its transposed view, for large tables): numpy's
+        product took 133 µs for 2 rows of 3,416 items here, this 14 µs."""
         scores: FloatArray = torch.mm(torch.from_numpy(hidden), self._columns).numpy()
         return scores
 

@@ -63,7 +63,9 @@ def test_step_and_top_k_match_torch_over_100_random_states(backend: str) -> None
     exclude = [
         generator.integers(1, ML1M_ITEMS + 1, size=row % 5 * 20).tolist() for row in range(100)
     ]
-    for batch in (1, 100):  # batch 1 as served (onnx: IO binding; numba: the fused kernel)
+    # Batch 1 as served (onnx: IO binding; numba: the fused kernel); 4 as the service's batches
+    # (numba: the compiled step, then one BLAS product); 100: BLAS for both.
+    for batch in (1, 4, 100):
         for row in range(0, 100, batch):
             rows = slice(row, row + batch)
             hidden, new_states = stepper.step(items[rows], states[rows])

@@ -13,6 +13,7 @@ import torch
 from numba.core.errors import NumbaError
 
 from model import Artifact, LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
+from service import numba_runtime
 from service.numba_kernels import FLOOR_ROWS, _erf, select_top_k_kernel, step_kernel
 from service.numba_runtime import NumbaStepper
 from service.runtime import (
@@ -29,11 +30,12 @@ from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
 SCORE_TOLERANCE = 1e-4
 
 
-@pytest.mark.parametrize("n_layers", [1, 2, 3])
+# d_model 10: the kernels' products take inputs in fours, and 10 leaves a remainder.
+@pytest.mark.parametrize(("n_layers", "d_model"), [(1, 16), (2, 16), (3, 16), (2, 10)])
 def test_numba_stepper_matches_torch_stepper(
-    make_artifact: ArtifactFactory, histories: np.ndarray, n_layers: int
+    make_artifact: ArtifactFactory, histories: np.ndarray, n_layers: int, d_model: int
 ) -> None:
-    artifact = make_artifact(n_layers=n_layers)
+    artifact = make_artifact(n_layers=n_layers, d_model=d_model)
     numba = build_stepper("numba", load_artifact(artifact), "cpu")
     reference = build_stepper("torch", load_artifact(artifact), "cpu")
     assert isinstance(numba, NumbaStepper)
@@ -53,6 +55,27 @@ def test_numba_stepper_matches_torch_stepper(
     scores = numba.scores(hidden)
     assert np.isneginf(scores[:, 0]).all()
     np.testing.assert_allclose(scores[:, 1:], reference.scores(hidden)[:, 1:], atol=SCORE_TOLERANCE)
+
+
+def test_large_tables_are_scored_through_a_view_with_the_same_results(
+    tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    artifact = load_artifact(tiny_artifact)
+    copied = NumbaStepper(artifact)
+    monkeypatch.setattr(numba_runtime, "COLUMN_TABLE_MAX_BYTES", 0)  # every table is "large"
+    viewed = NumbaStepper(artifact)
+    assert copied._columns.is_contiguous()
+    assert not viewed._columns.is_contiguous()
+    rng = np.random.default_rng(3)
+    hidden = rng.standard_normal((3, artifact.model.config.d_model)).astype(np.float32)
+    exclude = [rng.integers(1, TINY_N_ITEMS + 1, 4).tolist() for _ in range(3)]
+    np.testing.assert_allclose(viewed.scores(hidden), copied.scores(hidden), rtol=0, atol=1e-6)
+    for k in (5, 40):  # the compiled selection and the partial sort
+        for (items, values), (expected_items, expected_values) in zip(
+            viewed.top_k(hidden, k, exclude), copied.top_k(hidden, k, exclude), strict=True
+        ):
+            assert items.tolist() == expected_items.tolist()
+            np.testing.assert_allclose(values, expected_values, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("rows", [7, 8, 33])
