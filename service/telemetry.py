@@ -269,6 +269,11 @@ def set_model(model_version: str, model_type: str, backend: str, n_items: int) -
     MODEL_ITEMS.set(n_items)
 
 
+HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
+"""Methods labelled as themselves; any other is counted as ``OTHER``, so a client cannot add
+series (HTTP parsers other than httptools accept any token as a method)."""
+
+
 class HTTPMetricsMiddleware:
     """Times every HTTP request by route template (never the raw path: no per-user labels)."""
 
@@ -291,7 +296,8 @@ class HTTPMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            http_histogram(route_label(scope), scope["method"], f"{status // 100}xx").observe(
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"
+            http_histogram(route_label(scope), method, f"{status // 100}xx").observe(
                 time.perf_counter() - start
             )
 

@@ -129,3 +129,14 @@ def test_documentation_routes_are_labelled_by_their_path(client: TestClient) -> 
     assert delta("/openapi.json", "2xx") == 1
     assert delta("<unmatched>", "2xx") == 0
     assert delta("<unmatched>", "4xx") == 1
+
+
+def test_unknown_methods_are_counted_as_other(client: TestClient) -> None:
+    before = scrape(client)
+    for method in ("BREW", "WHEN"):  # any token is a method to some HTTP parsers
+        assert client.request(method, "/healthz").status_code == 405
+    after = scrape(client)
+    labels = {"route": "/healthz", "method": "OTHER", "status": "4xx"}
+    name = "lrurec_http_request_duration_seconds_count"
+    assert value(after, name, **labels) - value(before, name, **labels) == 2
+    assert not any(dict(key[1]).get("method") in ("BREW", "WHEN") for key in after)
