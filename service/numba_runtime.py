@@ -176,6 +176,10 @@ class NumbaStepper(TorchRebuilds):
             table = torch.from_numpy(self._table)
             small = self._table.nbytes <= COLUMN_TABLE_MAX_BYTES
             self._columns = table.T.contiguous() if small else table.T  # [d, v]
+            # The kernels score one row from the copy, or from the table's rows without one.
+            self._kernel_columns = (
+                self._columns.numpy() if small else np.empty((0, 0), dtype=np.float32)
+            )
         self._eps = float(model.embedding_norm.eps)
         self._floors: dict[int, tuple[FloatArray, IndexArray]] = {}
         """Per k, the selection's memory of recent k-th best scores (numba_kernels._rank)."""
@@ -247,7 +251,8 @@ class NumbaStepper(TorchRebuilds):
         flat, starts = _concatenated(exclude)
         top_items, top_scores, counts = _selection(rows, k)
         step_arguments = (items, states, hidden, new_states, self._table, *self._weights, self._eps)
-        rank_arguments = (self._bias, flat, starts, k, top_items, top_scores, counts)
+        columns = self._kernel_columns
+        rank_arguments = (columns, self._bias, flat, starts, k, top_items, top_scores, counts)
         failed = step_top_k_kernel(step_arguments, (*rank_arguments, *self._floors_of(k)))
         if 0 <= failed < rows:
             raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
@@ -292,7 +297,7 @@ class NumbaStepper(TorchRebuilds):
         floors = self._floors_of(k)
         if rows < SCORE_BLAS_MIN_ROWS:
             failed = top_k_kernel(
-                hidden, self._table, self._bias, flat, starts, k,
+                hidden, self._table, self._kernel_columns, self._bias, flat, starts, k,
                 top_items, top_scores, counts, *floors,
             )  # fmt: skip
         else:
