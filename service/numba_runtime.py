@@ -138,6 +138,8 @@ def _ranked(
     top_items: IndexArray, top_scores: FloatArray, counts: IndexArray, k: int
 ) -> list[tuple[IndexArray, FloatArray]]:
     """Each row's kept ``(items, scores)``: ``counts[row]`` of its ``k`` slots."""
+    if len(counts) == 1 and counts[0] == k:  # a lone event's call: its one whole row
+        return [(top_items[0], top_scores[0])]
     kept = counts.tolist()
     if kept.count(k) == len(kept):  # the usual case: whole rows (half the cost of slicing each)
         return list(zip(top_items, top_scores, strict=True))
