@@ -5,7 +5,8 @@ PyTorch and onnxruntime (benchmarks/RESULTS.md): the kernels in :mod:`service.nu
 do a batch-1 step + ranking in about the time of its arithmetic. Weights are snapshotted at
 start-up in the kernels' layouts, from the same folded constants the torch fast path and the
 ONNX export use (:mod:`model.folded`); the item table is the torch model's own, and a
-column-major copy of it (tables up to 16 MB) feeds the product that scores several rows.
+column-major copy of it (tables up to 16 MB) is what one row is scored from in the kernels and
+several rows in one BLAS product.
 The kernels are compiled when the backend is built, so the first event does not pay for it:
 5-20 s on a 2-core VM the first time, then loaded from numba's disk cache (next to the module
 or in ``NUMBA_CACHE_DIR``) in well under a second. numba and LLVM add about 200 MB of resident
@@ -48,11 +49,12 @@ SCORE_BLAS_MIN_ROWS = 2
 read the whole item table once per row: the product reads it once for several rows (4 rows of
 3,416 items: 16 µs against 60 µs)."""
 COLUMN_TABLE_MAX_BYTES = 16 << 20
-"""Item tables up to this size (65,536 items at d = 64) get a column-major copy for the scoring
-product (torch's BLAS reads it fastest: 4 rows of 100,000 items in 1.0 ms against 1.8 ms
-through a transposed view); larger ones are read through a view, without doubling their
-memory: from 50,000 items the service ranks through the int8 first stage by default
-(``LRUREC_QUANTIZED_SCORING``), which does not use this product."""
+"""Item tables up to this size (65,536 items at d = 64) get a column-major copy: the kernels
+score one row from it without horizontal sums, and torch's BLAS product reads it fastest (4
+rows of 100,000 items in 1.0 ms against 1.8 ms through a transposed view). Larger tables are
+scored by row in the kernels and through a transposed view by the product, without doubling
+their memory: from 50,000 items the service ranks through the int8 first stage by default
+(``LRUREC_QUANTIZED_SCORING``), which uses neither."""
 SCORE_CHUNK_FLOATS = 1 << 22
 """Scores held at once on the BLAS path (16 MB), whatever the batch and catalogue."""
 

@@ -55,6 +55,11 @@ def test_numba_stepper_matches_torch_stepper(
     scores = numba.scores(hidden)
     assert np.isneginf(scores[:, 0]).all()
     np.testing.assert_allclose(scores[:, 1:], reference.scores(hidden)[:, 1:], atol=SCORE_TOLERANCE)
+    # One row: the kernels' own scoring, eight table columns per pass (10 leaves a remainder).
+    ((indices, values),) = numba.top_k(hidden[:1], 5, [[1, 2]])
+    ((expected_indices, expected_values),) = reference.top_k(hidden[:1], 5, [[1, 2]])
+    assert indices.tolist() == expected_indices.tolist()
+    np.testing.assert_allclose(values, expected_values, atol=SCORE_TOLERANCE)
 
 
 def test_large_tables_are_scored_through_a_view_with_the_same_results(
@@ -70,7 +75,8 @@ def test_large_tables_are_scored_through_a_view_with_the_same_results(
     hidden = rng.standard_normal((3, artifact.model.config.d_model)).astype(np.float32)
     exclude = [rng.integers(1, TINY_N_ITEMS + 1, 4).tolist() for _ in range(3)]
     np.testing.assert_allclose(viewed.scores(hidden), copied.scores(hidden), rtol=0, atol=1e-6)
-    # 1 row: the fused kernel (by column with the copy, by row without); 3: the BLAS product.
+    # k 5: one row through the kernels (by column with the copy, by row without), three
+    # through the BLAS product; k 40: the BLAS product and a partial sort, either way.
     for rows, k in itertools.product((1, 3), (5, 40)):
         for (items, values), (expected_items, expected_values) in zip(
             viewed.top_k(hidden[:rows], k, exclude[:rows]),
@@ -78,7 +84,13 @@ def test_large_tables_are_scored_through_a_view_with_the_same_results(
             strict=True,
         ):
             assert items.tolist() == expected_items.tolist()
+            # Summed in another order by the one-row kernels: float32 rounding apart.
             np.testing.assert_allclose(values, expected_values, rtol=0, atol=1e-5)
+    step = (np.array([3]), np.zeros((1, *copied.state_shape), np.float32), 5, exclude[:1])
+    ((items, values),) = viewed.step_top_k(*step)[2]  # one compiled call, scoring by row
+    ((expected_items, expected_values),) = copied.step_top_k(*step)[2]
+    assert items.tolist() == expected_items.tolist()
+    np.testing.assert_allclose(values, expected_values, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("rows", [7, 8, 33])
@@ -404,26 +416,34 @@ BOUNDS_PROBE = """
 import sys
 import numpy as np
 from model import load_artifact
+from service import numba_runtime
 from service.numba_runtime import NumbaStepper
-stepper = NumbaStepper(load_artifact(sys.argv[1]))  # compiles and runs the fused and BLAS paths
-for rows in (1, 3, 9):
-    items = np.arange(1, rows + 1, dtype=np.int64)
-    hidden, states = stepper.step(items, np.zeros((rows, *stepper.state_shape), np.float32))
-    hidden, _ = stepper.step(items, states)
-    stepper.top_k(hidden, 5, [[1, 2, 3]] * rows)
-    stepper.step_top_k(items, states, 5, [[1, 2, 3]] * rows)
+for path in sys.argv[1:]:  # widths 16 and 10 (products and scoring with a remainder)
+    for limit in (numba_runtime.COLUMN_TABLE_MAX_BYTES, 0):  # scoring by column, then by row
+        numba_runtime.COLUMN_TABLE_MAX_BYTES = limit
+        stepper = NumbaStepper(load_artifact(path))  # compiles, runs the fused and BLAS paths
+        for rows in (1, 3, 9):
+            items = np.arange(1, rows + 1, dtype=np.int64)
+            states = np.zeros((rows, *stepper.state_shape), np.float32)
+            hidden, states = stepper.step(items, states)
+            hidden, _ = stepper.step(items, states)
+            stepper.top_k(hidden, 5, [[1, 2, 3]] * rows)
+            stepper.step_top_k(items, states, 5, [[1, 2, 3]] * rows)
 print("ok")
 """
 
 
-def test_numba_kernels_stay_inside_their_arrays(tiny_artifact: Path, tmp_path: Path) -> None:
+def test_numba_kernels_stay_inside_their_arrays(
+    make_artifact: ArtifactFactory, tmp_path: Path
+) -> None:
     """numba does not check indices: with ``NUMBA_BOUNDSCHECK=1`` every kernel path is compiled
     with checks (a fresh cache, so nothing unchecked is loaded) and an access outside an array
     raises instead of reading a neighbour's memory."""
     environment = {
         **os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "cache")
     }  # fmt: skip
-    command = [sys.executable, "-c", BOUNDS_PROBE, str(tiny_artifact)]
+    artifacts = [str(make_artifact()), str(make_artifact(d_model=10))]
+    command = [sys.executable, "-c", BOUNDS_PROBE, *artifacts]
     root = Path(__file__).resolve().parents[2]
     probe = subprocess.run(command, env=environment, cwd=root, capture_output=True, text=True)
     assert probe.returncode == 0, probe.stderr[-2000:]
