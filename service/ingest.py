@@ -138,10 +138,11 @@ class Ingest:
             answer: tuple[int, bytes, Headers] = (200, outcome.json(), JSON_HEADERS)
         except Exception as error:
             answer = await self.error(error)
-        # Labels as the main port's (route template or <unmatched>), bounded however odd the
-        # request: a method other than POST is counted as OTHER.
+        # Labels as the main port's (route template or <unmatched>, telemetry.method_label),
+        # bounded however odd the request.
         route = "/events" if request.path == ROUTE else "<unmatched>"
-        method = "POST" if request.method == b"POST" else "OTHER"
+        post = request.method == b"POST"  # every event: no decoding
+        method = "POST" if post else telemetry.method_label(request.method.decode("latin-1"))
         status = f"{answer[0] // 100}xx"
         telemetry.http_histogram(route, method, status).observe(time.perf_counter() - start)
         return answer

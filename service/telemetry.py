@@ -270,8 +270,13 @@ def set_model(model_version: str, model_type: str, backend: str, n_items: int) -
 
 
 HTTP_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
-"""Methods labelled as themselves; any other is counted as ``OTHER``, so a client cannot add
-series (HTTP parsers other than httptools accept any token as a method)."""
+"""Methods labelled as themselves (:func:`method_label`)."""
+
+
+def method_label(method: str) -> str:
+    """``method``, or ``OTHER`` beyond :data:`HTTP_METHODS`, so a client cannot add series
+    (HTTP parsers other than httptools accept any token as a method)."""
+    return method if method in HTTP_METHODS else "OTHER"
 
 
 class HTTPMetricsMiddleware:
@@ -296,7 +301,7 @@ class HTTPMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            method = scope["method"] if scope["method"] in HTTP_METHODS else "OTHER"
+            method = method_label(scope["method"])
             http_histogram(route_label(scope), method, f"{status // 100}xx").observe(
                 time.perf_counter() - start
             )
