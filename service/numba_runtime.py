@@ -31,6 +31,7 @@ from service.numba_batched import batched_step
 from service.numba_kernels import (
     FLOOR_ROWS,
     KERNELS,
+    pack_weights,
     select_top_k_kernel,
     step_kernel,
     step_top_k_kernel,
@@ -91,17 +92,18 @@ def kernel_weights(model: LRURec) -> tuple[FloatArray, ...]:
 
 
 ScalarT = TypeVar("ScalarT", bound=np.generic)
+INT64: np.dtype[np.int64] = np.dtype(np.int64)
+FLOAT32: np.dtype[np.float32] = np.dtype(np.float32)
+NO_EXCLUSIONS = np.empty(0, dtype=np.int64), np.zeros(2, dtype=np.int64)
+""":func:`_concatenated` of one empty list, shared by every call: the kernels only read it.
+Not flagged read-only, which numba would compile as another variant."""
 
 
-def _writable(array: NDArray[np.generic], dtype: type[ScalarT]) -> NDArray[ScalarT]:
+def _writable(array: NDArray[np.generic], dtype: np.dtype[ScalarT]) -> NDArray[ScalarT]:
     # numba compiles read-only arrays (states decoded from Redis bytes) as another type: a copy
-    # of a few KB costs far less than compiling that variant on the first event.
-    if (
-        isinstance(array, np.ndarray)
-        and array.dtype == dtype
-        and array.flags.c_contiguous
-        and array.flags.writeable
-    ):
+    # of a few KB costs far less than compiling that variant on the first event. ``carray`` is
+    # C-contiguous, writeable and aligned (numba types unaligned arrays as aligned).
+    if isinstance(array, np.ndarray) and array.dtype == dtype and array.flags.carray:
         return array  # type: ignore[return-value]  # checked just above
     writable: NDArray[ScalarT] = np.array(array, dtype=dtype, order="C")  # a copy
     return writable
@@ -110,7 +112,12 @@ def _writable(array: NDArray[np.generic], dtype: type[ScalarT]) -> NDArray[Scala
 def _concatenated(lists: Sequence[Exclusion]) -> tuple[IndexArray, IndexArray]:
     """Every list back to back, and where each starts (``len(lists) + 1`` offsets)."""
     if len(lists) == 1:  # the service's per-event call: no cumulative sums needed
-        flat = np.array(lists[0], dtype=np.int64).reshape(-1)
+        entries = lists[0]
+        if not len(entries):
+            return NO_EXCLUSIONS
+        if not isinstance(entries, np.ndarray) or entries.ndim != 1:
+            entries = np.array(entries, dtype=np.int64).reshape(-1)
+        flat = _writable(entries, INT64)  # the service's seen items: as they are
         return flat, np.array((0, len(flat)), dtype=np.int64)
     starts, total = [0], 0
     for entries in lists:
@@ -171,7 +178,7 @@ class NumbaStepper(TorchRebuilds):
         model = model.to("cpu").eval()
         super().__init__(model)
         with torch.no_grad():
-            self._weights = kernel_weights(model)
+            self._weights, self._layout = pack_weights(kernel_weights(model))
             # The torch model's own table (prefill reads it too): 256 MB at 1M × 64. Like the
             # weights above, the column-major copy is a snapshot: the model never changes once
             # it serves.
@@ -185,6 +192,9 @@ class NumbaStepper(TorchRebuilds):
                 self._columns.numpy() if small else np.empty((0, 0), dtype=np.float32)
             )
         self._eps = float(model.embedding_norm.eps)
+        self._max_k = len(self._table) - 1  # every item but the padding row 0
+        self._model_weights = (self._weights, self._layout, self._eps)
+        """The step kernels' arguments after the table."""
         self._floors: dict[int, tuple[FloatArray, IndexArray]] = {}
         """Per k, the selection's memory of recent k-th best scores (numba_kernels._rank)."""
         self._state_shape = tuple(model.state_shape)
@@ -217,8 +227,8 @@ class NumbaStepper(TorchRebuilds):
         return self._state_shape
 
     def _step_inputs(self, items: IndexArray, states: FloatArray) -> tuple[IndexArray, FloatArray]:
-        items = _writable(items, np.int64)
-        states = _writable(states, np.float32)
+        items = _writable(items, INT64)
+        states = _writable(states, FLOAT32)
         if items.ndim != 1 or states.shape != (len(items), *self._state_shape):
             raise ValueError(
                 f"items {items.shape} and states {states.shape}; expected [b] and "
@@ -231,7 +241,7 @@ class NumbaStepper(TorchRebuilds):
         hidden = np.empty((len(items), self._width), dtype=np.float32)
         new_states = np.empty_like(states)
         step = batched_step if len(items) >= STEP_BLAS_MIN_ROWS else step_kernel
-        failed = step(items, states, hidden, new_states, self._table, *self._weights, self._eps)
+        failed = step(items, states, hidden, new_states, self._table, *self._model_weights)
         if failed >= 0:
             raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
         return hidden, new_states
@@ -242,7 +252,7 @@ class NumbaStepper(TorchRebuilds):
         """:meth:`step`, then :meth:`top_k` of its hidden vectors: one compiled call for one
         row with ``k`` ≤ :data:`FUSED_MAX_K` (a lone event's whole model work in one
         dispatch), the two calls otherwise (several rows are scored by one BLAS product)."""
-        k = max(0, min(k, len(self._table) - 1))
+        k = max(0, min(k, self._max_k))
         if len(items) >= SCORE_BLAS_MIN_ROWS or not 0 < k <= FUSED_MAX_K:
             hidden, new_states = self.step(items, states)
             return hidden, new_states, self.top_k(hidden, k, exclude)
@@ -254,7 +264,7 @@ class NumbaStepper(TorchRebuilds):
         new_states = np.empty_like(states)
         flat, starts = _concatenated(exclude)
         top_items, top_scores, counts = _selection(rows, k)
-        step_arguments = (items, states, hidden, new_states, self._table, *self._weights, self._eps)
+        step_arguments = (items, states, hidden, new_states, self._table, *self._model_weights)
         columns = self._kernel_columns
         rank_arguments = (columns, self._bias, flat, starts, k, top_items, top_scores, counts)
         failed = step_top_k_kernel(step_arguments, (*rank_arguments, *self._floors_of(k)))
@@ -266,7 +276,7 @@ class NumbaStepper(TorchRebuilds):
 
     def scores(self, hidden: FloatArray) -> FloatArray:
         """Scores ``[b, v]``; column 0 is -inf, as the other backends' score paths."""
-        scores = self._products(_writable(hidden, np.float32))
+        scores = self._products(_writable(hidden, FLOAT32))
         scores += self._bias  # in place: one [b, v] array at a time
         scores[:, 0] = -np.inf
         return scores
@@ -284,13 +294,13 @@ class NumbaStepper(TorchRebuilds):
         is ranked again in full, so results never do; calls from several threads at once
         only make those floors less useful.
         """
-        hidden = _writable(hidden, np.float32)
+        hidden = _writable(hidden, FLOAT32)
         if hidden.ndim != 2 or hidden.shape[1] != self._width:
             raise ValueError(f"hidden of shape {hidden.shape}; expected [b, {self._width}]")
         rows = len(hidden)
         if len(exclude) != rows:
             raise ValueError(f"{len(exclude)} exclusion lists for {rows} rows")
-        k = max(0, min(k, len(self._table) - 1))
+        k = max(0, min(k, self._max_k))
         if k == 0:
             empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
             return [empty for _ in range(rows)]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,16 @@ from numba.core.errors import NumbaError
 
 from model import Artifact, LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
 from service import numba_runtime
-from service.numba_kernels import FLOOR_ROWS, _erf, select_top_k_kernel, step_kernel
+from service.numba_kernels import (
+    ALIGN,
+    FLOOR_ROWS,
+    WEIGHT_NDIMS,
+    _erf,
+    pack_weights,
+    select_top_k_kernel,
+    step_kernel,
+    unpack_weights,
+)
 from service.numba_runtime import NumbaStepper
 from service.runtime import (
     BACKENDS,
@@ -325,6 +335,48 @@ def test_numba_step_accepts_read_only_states(tiny_artifact: Path) -> None:
     expected_hidden, expected_state = stepper.step(items, state[None].copy())
     np.testing.assert_array_equal(hidden, expected_hidden)
     np.testing.assert_array_equal(new_state, expected_state)
+
+
+def test_packed_weights_unpack_to_the_same_weights_each_on_a_cache_line(
+    tiny_artifact: Path,
+) -> None:
+    model = load_artifact(tiny_artifact).model
+    assert isinstance(model, LRURec)
+    weights = numba_runtime.kernel_weights(model)
+    packed, layout = pack_weights(weights)
+    unpacked = unpack_weights(packed, layout)
+    assert len(unpacked) == len(weights) == len(WEIGHT_NDIMS)
+    for weight, view in zip(weights, unpacked, strict=True):
+        np.testing.assert_array_equal(view, weight)
+        assert np.shares_memory(view, packed)
+        assert view.ctypes.data % ALIGN == 0
+    with pytest.raises(ValueError, match="dimensions"):
+        pack_weights(weights[1:])
+
+
+@pytest.mark.parametrize("form", ["empty list", "list", "int64 array", "int32 array", "2-d array"])
+def test_numba_one_row_step_top_k_takes_exclusions_in_any_form(
+    tiny_artifact: Path, form: str
+) -> None:
+    """One row is the service's per-event call, whose exclusions skip the general joining."""
+    stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
+    reference = build_stepper("torch", load_artifact(tiny_artifact), "cpu")
+    state = np.random.default_rng(8).normal(size=(1, *stepper.state_shape)).astype(np.float32)
+    items = np.array([3], dtype=np.int64)
+    seen = [] if form == "empty list" else [2, 5, 9, 11]
+    exclusion: Any = {  # int32 and 2-d: outside the declared type, accepted all the same
+        "empty list": seen,
+        "list": seen,
+        "int64 array": np.array(seen, dtype=np.int64),
+        "int32 array": np.array(seen, dtype=np.int32),
+        "2-d array": np.array([seen], dtype=np.int64),
+    }[form]
+    for _ in range(2):  # the second call after the first has used any shared arrays
+        _, _, [(indices, scores)] = stepper.step_top_k(items, state, 6, [exclusion])
+        _, _, [(expected_indices, expected_scores)] = reference.step_top_k(items, state, 6, [seen])
+        assert indices.tolist() == expected_indices.tolist()
+        np.testing.assert_allclose(scores, expected_scores, atol=SCORE_TOLERANCE)
+        assert not set(indices.tolist()) & {0, *seen}
 
 
 def test_numba_backend_rejects_other_models_and_devices(
