@@ -325,8 +325,10 @@ def step_kernel(
     return -1
 
 
-SCAN_WIDTH = 32
-"""Scores checked at once against the selection's threshold before any is looked at alone."""
+SCAN_WIDTH = 64
+"""Scores checked at once against the selection's threshold before any is looked at alone.
+The top 10 of 3,416 scores from a close floor took 2.0 µs in runs of 32 of a variable count,
+0.7 µs in runs of 64 of a fixed count, which LLVM vectorises fully (32 fixed: no faster)."""
 FLOOR_ROWS = 8
 """Recent rows whose k-th best scores floor the next row's selection (:func:`_rank`)."""
 
@@ -371,8 +373,9 @@ def _select(
     was too high.
 
     Only a score above the threshold can enter: ``floor`` until ``k`` are kept, then the k-th
-    best. The scan skips each run of :data:`SCAN_WIDTH` scores none of which is above it (a
-    vectorised count, no branches: a float max does not vectorise without assuming no NaN).
+    best. The scan skips each whole run of :data:`SCAN_WIDTH` scores none of which is above
+    it (a vectorised count, no branches: a float max does not vectorise without assuming no
+    NaN); the last, partial run is inserted score by score.
     """
     n_columns = scores.shape[0]
     scores[0] = -np.inf
@@ -383,20 +386,42 @@ def _select(
         scores[index] = -np.inf
     filled = 0
     threshold = floor  # -inf (masked) and NaN never compare above it
-    for start in range(0, n_columns, SCAN_WIDTH):
-        stop = min(start + SCAN_WIDTH, n_columns)
-        above = 0
-        for item in range(start, stop):
-            above += scores[item] > threshold  # NaN never counts, so it cannot hide a candidate
-        if above == 0:
-            continue
-        for item in range(start, stop):
-            score = scores[item]
-            if score > threshold and score != np.inf:  # +inf comes from bad weights only
-                filled = _insert(score, item, filled, k, best_items, best_scores)
-                if filled == k:
-                    threshold = best_scores[k - 1]
+    whole = n_columns - n_columns % SCAN_WIDTH
+    for start in range(0, whole, SCAN_WIDTH):
+        block = scores[start : start + SCAN_WIDTH]
+        above = np.int32(0)
+        for item in range(SCAN_WIDTH):  # a fixed count, which LLVM vectorises fully
+            above += np.int32(block[item] > threshold)  # NaN never counts: cannot hide one
+        if above:
+            filled, threshold = _scan(
+                scores, start, start + SCAN_WIDTH, k, best_items, best_scores, threshold, filled
+            )
+    filled, threshold = _scan(
+        scores, whole, n_columns, k, best_items, best_scores, threshold, filled
+    )  # the last, partial run
     return filled
+
+
+@njit(fastmath=FAST_MATH, error_model=ERROR_MODEL, inline="always")
+def _scan(
+    scores: Floats,
+    start: int,
+    stop: int,
+    k: int,
+    best_items: Indices,
+    best_scores: Floats,
+    threshold: np.float32,
+    filled: int,
+) -> tuple[int, np.float32]:
+    """:func:`_select`'s insertion of ``scores[start:stop]`` one by one. Returns how many are
+    kept and the threshold now."""
+    for item in range(start, stop):
+        score = scores[item]
+        if score > threshold and score != np.inf:  # +inf comes from bad weights only
+            filled = _insert(score, item, filled, k, best_items, best_scores)
+            if filled == k:
+                threshold = best_scores[k - 1]
+    return filled, threshold
 
 
 @njit(fastmath=FAST_MATH, error_model=ERROR_MODEL, inline="always")

@@ -18,6 +18,7 @@ from service import numba_runtime
 from service.numba_kernels import (
     ALIGN,
     FLOOR_ROWS,
+    SCAN_WIDTH,
     WEIGHT_NDIMS,
     _erf,
     pack_weights,
@@ -206,13 +207,18 @@ def test_numba_top_k_never_ranks_non_finite_scores(tiny_artifact: Path) -> None:
             assert np.isfinite(values).all()
 
 
+# Columns: whole runs of SCAN_WIDTH and a partial one; a partial one only; whole runs only.
+@pytest.mark.parametrize("columns", [203, 40, 256])
 @pytest.mark.parametrize("k", [1, 3, 10, 32])
-def test_numba_selection_matches_a_sort_with_ties_and_non_finite_scores(k: int) -> None:
+def test_numba_selection_matches_a_sort_with_ties_and_non_finite_scores(
+    k: int, columns: int
+) -> None:
     """Rows at shifted scales: each row's selection first tries a floor from the rows ranked
     before it (in this call and earlier ones), which is sometimes right, sometimes too high
     (fewer than k above it), and sometimes exactly a tied score."""
+    assert SCAN_WIDTH == 64  # the column counts above are chosen for it
     rng = np.random.default_rng(k)
-    rows, columns = 24, 203
+    rows = 24
     floors = np.full(FLOOR_ROWS, np.inf, np.float32), np.zeros(1, np.int64)
     for _ in range(12):
         scores = np.round(rng.standard_normal((rows, columns)), 1)  # many ties
