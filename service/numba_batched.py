@@ -9,6 +9,8 @@ operations per layer, summed in another order, so results agree to float32 round
 against the fused kernel and :meth:`model.LRURec.step` (tests/service/test_numba_runtime.py).
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -17,7 +19,6 @@ from service.numba_kernels import (
     gelu_kernel,
     residual_norm_kernel,
     rotate_kernel,
-    unpack_weights,
 )
 
 Floats = NDArray[np.float32]
@@ -30,14 +31,14 @@ def batched_step(
     hidden_out: Floats,
     states_out: Floats,
     table: Floats,
-    weights: Floats,
-    layout: Indices,
+    weights: Sequence[Floats],
     eps: float,
 ) -> int:
     """:func:`service.numba_kernels.step_kernel`'s contract, through BLAS: one event per user,
     ``items [b]``, ``states [b, L, 2, n]`` → ``hidden_out [b, d]``, ``states_out [b, L, 2, n]``
     (written in place; unlike the fused kernel's, it must be another array than ``states``);
-    after ``table`` the same packed weights, layout and ``eps``.
+    after ``table`` the weights unpacked (:func:`service.numba_weights.unpack_weights`), then
+    ``eps``.
 
     Returns:
         -1, or the first row whose item is outside ``table`` (then nothing is stepped).
@@ -46,7 +47,7 @@ def batched_step(
         embedding_norm_weight, embedding_norm_bias, rotations, input_bias, u_weight_t,
         c_weight_t, c_bias, lru_norm_weight, lru_norm_bias, ffn_in_weight_t, ffn_in_bias,
         ffn_out_weight_t, ffn_out_bias, ffn_norm_weight, ffn_norm_bias,
-    ) = unpack_weights(weights, layout)  # fmt: skip
+    ) = weights  # fmt: skip
     x, batch = hidden_out, len(items)  # the running activations end as the hidden vectors
     failed = embed_kernel(items, table, embedding_norm_weight, embedding_norm_bias, eps, x)
     if failed >= 0:

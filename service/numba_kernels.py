@@ -17,7 +17,7 @@ tests/service/test_numba_runtime.py).
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final, TypeAlias
 
 import numpy as np
@@ -179,57 +179,6 @@ def _gelu(x: Floats) -> None:
             row[j] = np.float32(0.5) * row[j] * (np.float32(1.0) + _erf(row[j] * INV_SQRT2))
 
 
-WEIGHT_NDIMS: Final = (1, 1, 4, 3, 3, 3, 2, 2, 2, 3, 2, 3, 2, 2, 2)
-"""Dimensions of the step's weights, in :func:`_step`'s order: the embedding LayerNorm's weight
-and bias ``[d]``; λ's rotations ``[L, 2, 2, n]``; γ ⊙ b ``[L, 2, n]``; γ ⊙ B ``[L, d, 2n]``;
-``[C_re, -C_im]`` ``[L, 2n, d]``; then per layer ``[L, ...]`` the LRU's output bias, its
-LayerNorm's weight and bias, the FFN's ``[d, f]`` weight and bias, ``[f, d]`` weight and bias,
-and its LayerNorm's weight and bias."""
-MAX_NDIM = 4
-ALIGN = 64
-"""Bytes of a cache line, where each packed weight starts (:func:`pack_weights`)."""
-
-
-def pack_weights(weights: Sequence[Floats]) -> tuple[Floats, Indices]:
-    """The step's weights (:data:`WEIGHT_NDIMS`' order) as one buffer and its layout.
-
-    A kernel call unboxes each array argument (≈ 0.1 µs apiece here), so the fused kernels
-    take the fifteen weights as one: ``layout [15, 5]`` holds each weight's offset in the
-    buffer and its shape, padded with 1s. Each weight starts on a cache line (:data:`ALIGN`),
-    as separately allocated arrays do: vector loads that straddle two lines made the step
-    ≈ 15 % slower.
-    """
-    if tuple(weight.ndim for weight in weights) != WEIGHT_NDIMS:
-        ndims = [weight.ndim for weight in weights]
-        raise ValueError(f"weights of {ndims} dimensions; expected {WEIGHT_NDIMS}")
-    layout = np.ones((len(weights), 1 + MAX_NDIM), dtype=np.int64)
-    floats_per_line = ALIGN // 4
-    offset = 0
-    for row, weight in enumerate(weights):
-        layout[row, 0] = offset
-        layout[row, 1 : 1 + weight.ndim] = weight.shape
-        offset += -(-weight.size // floats_per_line) * floats_per_line
-    packed = aligned_zeros(offset)
-    for (start, *_), weight in zip(layout.tolist(), weights, strict=True):
-        packed[start : start + weight.size] = np.ravel(weight)
-    return packed, layout
-
-
-def aligned_zeros(size: int) -> Floats:
-    """``size`` float32 zeros starting on a cache line (:data:`ALIGN` bytes)."""
-    raw = np.zeros(size + ALIGN // 4, dtype=np.float32)
-    skip = (-raw.ctypes.data % ALIGN) // 4
-    return raw[skip : skip + size]
-
-
-def unpack_weights(packed: Floats, layout: Indices) -> tuple[Floats, ...]:
-    """:func:`pack_weights`' inverse: views of ``packed``, one per weight."""
-    return tuple(
-        packed[start : start + math.prod(shape[:ndim])].reshape(shape[:ndim])
-        for (start, *shape), ndim in zip(layout.tolist(), WEIGHT_NDIMS, strict=True)
-    )
-
-
 @njit(fastmath=FAST_MATH, error_model=ERROR_MODEL, inline="always")
 def _view1(packed: Floats, layout: Indices, weight: int) -> Floats:
     start = layout[weight, 0]
@@ -257,7 +206,9 @@ def _view4(packed: Floats, layout: Indices, weight: int) -> Floats:
 
 @njit(fastmath=FAST_MATH, error_model=ERROR_MODEL, inline="always")
 def _unpacked(packed: Floats, layout: Indices) -> tuple[Floats, ...]:
-    """:func:`unpack_weights` in a kernel (numba needs each view's dimensions fixed)."""
+    """:func:`service.numba_weights.unpack_weights` in a kernel, in its
+    :data:`~service.numba_weights.WEIGHT_NDIMS` order (numba needs each view's dimensions
+    fixed)."""
     return (
         _view1(packed, layout, 0), _view1(packed, layout, 1), _view4(packed, layout, 2),
         _view3(packed, layout, 3), _view3(packed, layout, 4), _view3(packed, layout, 5),
@@ -283,7 +234,7 @@ def step_kernel(
 
     ``table`` is the item embedding ``[v, d]``, whose rows :func:`top_k_kernel` scores when
     it gets no column-major copy; ``weights`` and ``layout`` are the other weights, packed by
-    :func:`pack_weights`.
+    :func:`service.numba_weights.pack_weights`.
 
     Returns:
         -1, or the first user whose item is not a row of ``table``; then nothing is written

@@ -25,18 +25,16 @@ import torch
 from numpy.typing import NDArray
 
 from model import Artifact, LRURec
-from model.folded import fold
-from model.layers import LRUBlock
 from service.numba_batched import batched_step
 from service.numba_kernels import (
     FLOOR_ROWS,
     KERNELS,
-    pack_weights,
     select_top_k_kernel,
     step_kernel,
     step_top_k_kernel,
     top_k_kernel,
 )
+from service.numba_weights import float32_array, kernel_weights, pack_weights, unpack_weights
 from service.runtime import Exclusion, FloatArray, IndexArray, TorchRebuilds, top_k_numpy
 
 logger = logging.getLogger("service")
@@ -60,37 +58,6 @@ SCORE_CHUNK_FLOATS = 1 << 22
 """Scores held at once on the BLAS path (16 MB), whatever the batch and catalogue."""
 
 
-def _array(tensor: torch.Tensor) -> FloatArray:
-    return np.ascontiguousarray(tensor.detach().cpu().to(torch.float32).numpy())
-
-
-def _stacked(tensors: Sequence[torch.Tensor]) -> FloatArray:
-    return _array(torch.stack([tensor.detach() for tensor in tensors]))
-
-
-def kernel_weights(model: LRURec) -> tuple[FloatArray, ...]:
-    """The step kernel's weights after the item table, in its argument order."""
-    folded = fold(model)
-    blocks = [block for block in model.blocks if isinstance(block, LRUBlock)]
-    return (
-        _array(model.embedding_norm.weight),
-        _array(model.embedding_norm.bias),
-        _array(folded.rotations),
-        _array(folded.input_bias),
-        _stacked([layer.u_weight_t for layer in folded.layers]),  # [L, d, 2n]
-        _stacked([layer.c_weight.t() for layer in folded.layers]),  # [L, 2n, d]
-        _stacked([block.lru.c_re for block in blocks]),
-        _stacked([block.lru.norm.weight for block in blocks]),
-        _stacked([block.lru.norm.bias for block in blocks]),
-        _stacked([block.ffn.w_1.weight.t() for block in blocks]),  # [L, d, 4d]
-        _stacked([block.ffn.w_1.bias for block in blocks]),
-        _stacked([block.ffn.w_2.weight.t() for block in blocks]),  # [L, 4d, d]
-        _stacked([block.ffn.w_2.bias for block in blocks]),
-        _stacked([block.ffn.norm.weight for block in blocks]),
-        _stacked([block.ffn.norm.bias for block in blocks]),
-    )
-
-
 ScalarT = TypeVar("ScalarT", bound=np.generic)
 INT64: np.dtype[np.int64] = np.dtype(np.int64)
 FLOAT32: np.dtype[np.float32] = np.dtype(np.float32)
@@ -110,14 +77,22 @@ def _writable(array: NDArray[np.generic], dtype: np.dtype[ScalarT]) -> NDArray[S
 
 
 def _concatenated(lists: Sequence[Exclusion]) -> tuple[IndexArray, IndexArray]:
-    """Every list back to back, and where each starts (``len(lists) + 1`` offsets)."""
-    if len(lists) == 1:  # the service's per-event call: no cumulative sums needed
+    """Every list back to back, and where each starts (``len(lists) + 1`` offsets).
+
+    For one list (the service's per-event call) no cumulative sums are needed, and an int64
+    array is returned as it is: the result may be the caller's own array, or
+    :data:`NO_EXCLUSIONS`; the kernels only read it.
+    """
+    if len(lists) == 1:
         entries = lists[0]
-        if not len(entries):
+        if isinstance(entries, np.ndarray):
+            if not entries.size:
+                return NO_EXCLUSIONS
+            flat = _writable(entries if entries.ndim == 1 else entries.reshape(-1), INT64)
+        elif not len(entries):
             return NO_EXCLUSIONS
-        if not isinstance(entries, np.ndarray) or entries.ndim != 1:
-            entries = np.array(entries, dtype=np.int64).reshape(-1)
-        flat = _writable(entries, INT64)  # the service's seen items: as they are
+        else:
+            flat = np.array(entries, dtype=np.int64).reshape(-1)
         return flat, np.array((0, len(flat)), dtype=np.int64)
     starts, total = [0], 0
     for entries in lists:
@@ -179,11 +154,12 @@ class NumbaStepper(TorchRebuilds):
         super().__init__(model)
         with torch.no_grad():
             self._weights, self._layout = pack_weights(kernel_weights(model))
+            self._weight_views = unpack_weights(self._weights, self._layout)  # batched step
             # The torch model's own table (prefill reads it too): 256 MB at 1M × 64. Like the
             # weights above, the column-major copy is a snapshot: the model never changes once
             # it serves.
-            self._table = _array(model.embedding.weight)  # [v, d]
-            self._bias = _array(model.item_bias)
+            self._table = float32_array(model.embedding.weight)  # [v, d]
+            self._bias = float32_array(model.item_bias)
             table = torch.from_numpy(self._table)
             small = self._table.nbytes <= COLUMN_TABLE_MAX_BYTES
             self._columns = table.T.contiguous() if small else table.T  # [d, v]
@@ -240,8 +216,14 @@ class NumbaStepper(TorchRebuilds):
         items, states = self._step_inputs(items, states)
         hidden = np.empty((len(items), self._width), dtype=np.float32)
         new_states = np.empty_like(states)
-        step = batched_step if len(items) >= STEP_BLAS_MIN_ROWS else step_kernel
-        failed = step(items, states, hidden, new_states, self._table, *self._model_weights)
+        if len(items) >= STEP_BLAS_MIN_ROWS:
+            failed = batched_step(
+                items, states, hidden, new_states, self._table, self._weight_views, self._eps
+            )
+        else:
+            failed = step_kernel(
+                items, states, hidden, new_states, self._table, *self._model_weights
+            )
         if failed >= 0:
             raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
         return hidden, new_states

@@ -16,17 +16,22 @@ from numba.core.errors import NumbaError
 from model import Artifact, LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
 from service import numba_runtime
 from service.numba_kernels import (
-    ALIGN,
     FLOOR_ROWS,
     SCAN_WIDTH,
-    WEIGHT_NDIMS,
     _erf,
-    pack_weights,
     select_top_k_kernel,
     step_kernel,
+    step_top_k_kernel,
+    top_k_kernel,
+)
+from service.numba_runtime import NO_EXCLUSIONS, NumbaStepper
+from service.numba_weights import (
+    ALIGN,
+    WEIGHT_NDIMS,
+    kernel_weights,
+    pack_weights,
     unpack_weights,
 )
-from service.numba_runtime import NumbaStepper
 from service.runtime import (
     BACKENDS,
     Stepper,
@@ -208,7 +213,7 @@ def test_numba_top_k_never_ranks_non_finite_scores(tiny_artifact: Path) -> None:
 
 
 # Columns: whole runs of SCAN_WIDTH and a partial one; a partial one only; whole runs only.
-@pytest.mark.parametrize("columns", [203, 40, 256])
+@pytest.mark.parametrize("columns", [3 * SCAN_WIDTH + 11, SCAN_WIDTH - 7, 4 * SCAN_WIDTH])
 @pytest.mark.parametrize("k", [1, 3, 10, 32])
 def test_numba_selection_matches_a_sort_with_ties_and_non_finite_scores(
     k: int, columns: int
@@ -216,7 +221,6 @@ def test_numba_selection_matches_a_sort_with_ties_and_non_finite_scores(
     """Rows at shifted scales: each row's selection first tries a floor from the rows ranked
     before it (in this call and earlier ones), which is sometimes right, sometimes too high
     (fewer than k above it), and sometimes exactly a tied score."""
-    assert SCAN_WIDTH == 64  # the column counts above are chosen for it
     rng = np.random.default_rng(k)
     rows = 24
     floors = np.full(FLOOR_ROWS, np.inf, np.float32), np.zeros(1, np.int64)
@@ -348,7 +352,7 @@ def test_packed_weights_unpack_to_the_same_weights_each_on_a_cache_line(
 ) -> None:
     model = load_artifact(tiny_artifact).model
     assert isinstance(model, LRURec)
-    weights = numba_runtime.kernel_weights(model)
+    weights = kernel_weights(model)
     packed, layout = pack_weights(weights)
     unpacked = unpack_weights(packed, layout)
     assert len(unpacked) == len(weights) == len(WEIGHT_NDIMS)
@@ -360,29 +364,47 @@ def test_packed_weights_unpack_to_the_same_weights_each_on_a_cache_line(
         pack_weights(weights[1:])
 
 
-@pytest.mark.parametrize("form", ["empty list", "list", "int64 array", "int32 array", "2-d array"])
-def test_numba_one_row_step_top_k_takes_exclusions_in_any_form(
-    tiny_artifact: Path, form: str
-) -> None:
-    """One row is the service's per-event call, whose exclusions skip the general joining."""
+EXCLUSION_FORMS = [
+    "empty list", "empty array", "list", "int64", "read-only int64", "strided int64", "int32",
+    "2-d int64",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("form", EXCLUSION_FORMS)
+def test_numba_one_row_calls_take_exclusions_in_any_form(tiny_artifact: Path, form: str) -> None:
+    """One row is the service's per-event call, whose exclusions skip the general joining: an
+    int64 array is passed on as it is, an empty one is shared. Every form ranks as torch does,
+    none compiles a kernel on the request path, and nothing passed in is written."""
     stepper = build_stepper("numba", load_artifact(tiny_artifact), "cpu")
     reference = build_stepper("torch", load_artifact(tiny_artifact), "cpu")
     state = np.random.default_rng(8).normal(size=(1, *stepper.state_shape)).astype(np.float32)
     items = np.array([3], dtype=np.int64)
-    seen = [] if form == "empty list" else [2, 5, 9, 11]
+    seen = [] if form.startswith("empty") else [2, 5, 9, 11]
+    every_other = np.array([value for value in seen for _ in range(2)], dtype=np.int64)[::2]
     exclusion: Any = {  # int32 and 2-d: outside the declared type, accepted all the same
-        "empty list": seen,
+        "empty list": [],
+        "empty array": np.empty(0, dtype=np.int64),
         "list": seen,
-        "int64 array": np.array(seen, dtype=np.int64),
-        "int32 array": np.array(seen, dtype=np.int32),
-        "2-d array": np.array([seen], dtype=np.int64),
+        "int64": np.array(seen, dtype=np.int64),
+        "read-only int64": np.frombuffer(np.array(seen, dtype=np.int64).tobytes(), np.int64),
+        "strided int64": every_other,
+        "int32": np.array(seen, dtype=np.int32),
+        "2-d int64": np.array([seen], dtype=np.int64),
     }[form]
+    passed = np.array(exclusion, copy=True)
+    kernels = (step_top_k_kernel, top_k_kernel)
+    compiled = [len(kernel.signatures) for kernel in kernels]
     for _ in range(2):  # the second call after the first has used any shared arrays
-        _, _, [(indices, scores)] = stepper.step_top_k(items, state, 6, [exclusion])
+        hidden, _, [(indices, scores)] = stepper.step_top_k(items, state, 6, [exclusion])
+        [(alone_indices, alone_scores)] = stepper.top_k(hidden, 6, [exclusion])
         _, _, [(expected_indices, expected_scores)] = reference.step_top_k(items, state, 6, [seen])
-        assert indices.tolist() == expected_indices.tolist()
-        np.testing.assert_allclose(scores, expected_scores, atol=SCORE_TOLERANCE)
-        assert not set(indices.tolist()) & {0, *seen}
+        for found, values in ((indices, scores), (alone_indices, alone_scores)):
+            assert found.tolist() == expected_indices.tolist()
+            np.testing.assert_allclose(values, expected_scores, atol=SCORE_TOLERANCE)
+    assert [len(kernel.signatures) for kernel in kernels] == compiled
+    np.testing.assert_array_equal(np.asarray(exclusion), passed)
+    assert NO_EXCLUSIONS[0].size == 0
+    assert NO_EXCLUSIONS[1].tolist() == [0, 0]
 
 
 def test_numba_backend_rejects_other_models_and_devices(
@@ -429,7 +451,14 @@ import resource, signal, sys
 import numpy as np
 from model import load_artifact
 from service import numba_kernels
-from service.numba_runtime import NumbaStepper
+from service.numba_runtime import NO_EXCLUSIONS, NumbaStepper
+from service.numba_weights import (
+    ALIGN,
+    WEIGHT_NDIMS,
+    kernel_weights,
+    pack_weights,
+    unpack_weights,
+)
 if len(sys.argv) > 2:  # a cache volume that is full once numba has found it writable
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
@@ -475,7 +504,14 @@ import sys
 import numpy as np
 from model import load_artifact
 from service import numba_runtime
-from service.numba_runtime import NumbaStepper
+from service.numba_runtime import NO_EXCLUSIONS, NumbaStepper
+from service.numba_weights import (
+    ALIGN,
+    WEIGHT_NDIMS,
+    kernel_weights,
+    pack_weights,
+    unpack_weights,
+)
 for path in sys.argv[1:]:  # widths 16 and 10 (products and scoring with a remainder)
     for limit in (numba_runtime.COLUMN_TABLE_MAX_BYTES, 0):  # scoring by column, then by row
         numba_runtime.COLUMN_TABLE_MAX_BYTES = limit
