@@ -153,8 +153,8 @@ class NumbaStepper(TorchRebuilds):
         model = model.to("cpu").eval()
         super().__init__(model)
         with torch.no_grad():
-            self._weights, self._layout = pack_weights(kernel_weights(model))
-            self._weight_views = unpack_weights(self._weights, self._layout)  # batched step
+            packed, layout = pack_weights(kernel_weights(model))
+            self._weight_views = unpack_weights(packed, layout)  # for the batched step
             # The torch model's own table (prefill reads it too): 256 MB at 1M × 64. Like the
             # weights above, the column-major copy is a snapshot: the model never changes once
             # it serves.
@@ -169,8 +169,8 @@ class NumbaStepper(TorchRebuilds):
             )
         self._eps = float(model.embedding_norm.eps)
         self._max_k = len(self._table) - 1  # every item but the padding row 0
-        self._model_weights = (self._weights, self._layout, self._eps)
-        """The step kernels' arguments after the table."""
+        self._packed_weights = (packed, layout, self._eps)
+        """The step kernels' arguments after the table: one buffer, its layout, and eps."""
         self._floors: dict[int, tuple[FloatArray, IndexArray]] = {}
         """Per k, the selection's memory of recent k-th best scores (numba_kernels._rank)."""
         self._state_shape = tuple(model.state_shape)
@@ -222,7 +222,7 @@ class NumbaStepper(TorchRebuilds):
             )
         else:
             failed = step_kernel(
-                items, states, hidden, new_states, self._table, *self._model_weights
+                items, states, hidden, new_states, self._table, *self._packed_weights
             )
         if failed >= 0:
             raise IndexError(f"item index {items[failed]} is outside the model's vocabulary")
@@ -246,7 +246,7 @@ class NumbaStepper(TorchRebuilds):
         new_states = np.empty_like(states)
         flat, starts = _concatenated(exclude)
         top_items, top_scores, counts = _selection(rows, k)
-        step_arguments = (items, states, hidden, new_states, self._table, *self._model_weights)
+        step_arguments = (items, states, hidden, new_states, self._table, *self._packed_weights)
         columns = self._kernel_columns
         rank_arguments = (columns, self._bias, flat, starts, k, top_items, top_scores, counts)
         failed = step_top_k_kernel(step_arguments, (*rank_arguments, *self._floors_of(k)))
