@@ -79,7 +79,7 @@ def pack_weights(weights: Sequence[Floats]) -> tuple[Floats, Indices]:
     take the fifteen weights as one: ``layout [15, 5]`` holds each weight's offset in the
     buffer and its shape, padded with 1s. Each weight starts on a cache line (:data:`ALIGN`),
     as separately allocated arrays do: vector loads that straddle two lines made the step
-    ≈ 15 % slower.
+    ≈ 17 % slower (13.8 against 11.8 µs).
     """
     if tuple(weight.ndim for weight in weights) != WEIGHT_NDIMS:
         ndims = [weight.ndim for weight in weights]
