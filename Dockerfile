@@ -45,7 +45,7 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /home/lrurec
 # Numeric ids so Kubernetes runAsNonRoot can verify the user without reading /etc/passwd.
 USER 10001:10001
-EXPOSE 8000 8001
+EXPOSE 8000
 # /readyz = model loaded and Redis answering; urllib raises (exit 1) on any non-2xx or timeout.
 # The image has no curl on purpose, so the probe uses the interpreter that is already there.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

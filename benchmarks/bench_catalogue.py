@@ -4,9 +4,10 @@ Cases, each at batch 1 and 64, timed in alternating rounds (so machine load hits
 
 - ``exact fp32 (onnxruntime)``: the step graph with in-graph scores and TopK (the fastest exact
   scan so far; it materialises ``[batch, v]`` float32 scores);
-- ``exact fp32 (torch chunked)``: onnxruntime step + :func:`model.topk.chunked_top_k`;
-- ``int8 two-stage``: onnxruntime step + :class:`model.quantized_scoring.TwoStageTopK` with the
-  service's onnxruntime ``MatMulInteger`` kernel (exact: int8 scan, fp32 re-score of candidates).
+- ``exact fp32 (torch chunked)``: onnxruntime step + :func:`model.inference.topk.chunked_top_k`;
+- ``int8 two-stage``: onnxruntime step + :class:`model.inference.quantized_scoring.TwoStageTopK`
+  with the service's onnxruntime ``MatMulInteger`` kernel (exact: int8 scan, fp32 re-score of
+  candidates).
 
 Item tables (the candidate count depends on the score distribution):
 
@@ -34,12 +35,12 @@ import torch.nn.functional as F
 
 from benchmarks import model_cases as cases
 from model import LRURec, LRURecConfig, load_artifact
-from model.export import export_onnx
-from model.quantized_scoring import ScoringStats, TwoStageTopK
-from model.quantized_table import quantize_queries
-from model.topk import chunked_top_k
-from service.main import limit_threads
-from service.quantized_onnx import OnnxIntKernel
+from model.inference.export import export_onnx
+from model.inference.quantized_scoring import ScoringStats, TwoStageTopK
+from model.inference.quantized_table import quantize_queries
+from model.inference.topk import chunked_top_k
+from service.app import limit_threads
+from service.runtimes.quantized import OnnxIntKernel
 
 K = 10
 HISTORY = 50
@@ -209,7 +210,8 @@ def batch_events(
     def hidden() -> torch.Tensor:
         return torch.from_numpy(step.run(["hidden"], feeds)[0])
 
-    def service_torch() -> object:  # service.runtime.TorchStepper.top_k: full scores + topk
+    # As service.runtimes.torch_runtime.TorchStepper.top_k: full scores, then topk.
+    def service_torch() -> object:
         scores = F.linear(hidden(), table, bias)
         scores[:, 0] = -torch.inf
         scores[rows, columns] = -torch.inf

@@ -30,7 +30,7 @@ import torch
 from benchmarks import model_cases as cases
 from benchmarks.model_figure import plot_cumulative
 from benchmarks.timing import machine_probe
-from service.main import limit_threads
+from service.app import limit_threads
 
 ML1M_ITEMS = 3416
 BATCHES = (1, 64)
@@ -68,7 +68,7 @@ def sample(event: cases.Event, budget_s: float, max_calls: int) -> list[tuple[fl
 
 def run_rounds(events: dict[Key, cases.Event], rounds: int, budget_s: float) -> dict[Key, Timing]:
     """Alternate all cases ``rounds`` times; return every case's median timings."""
-    for event in events.values():  # warm-up: allocator, lazy init, folded constants
+    for event in events.values():  # warm-up: allocator, lazy init
         sample(event, budget_s / 4, 20)
     samples: dict[Key, list[tuple[float, float]]] = {key: [] for key in events}
     for _ in range(rounds):

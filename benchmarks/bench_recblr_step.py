@@ -2,7 +2,8 @@
 
 One "event" is ``step`` (one item per user) + ``score`` over every item + top-10, with column 0
 (padding) masked, at the production size (d = 64, 2 layers, 3,416 items). The two models are
-timed in alternating rounds so that a change in machine load hits both alike.
+timed in alternating rounds so that a change in machine load hits both alike; LRURec runs in
+its serving form, :class:`model.inference.folded.FoldedLRURec`.
 
 Run:  python -m benchmarks.bench_recblr_step [--threads 1] [--rounds 10] [--calls 200]
 Prints a markdown table; copy it into benchmarks/RESULTS.md with the command.
@@ -16,15 +17,16 @@ from collections.abc import Callable
 
 import torch
 
-from model import LRURec, LRURecConfig, RecBLR, RecBLRConfig, RecurrentRecommender
+from model import LRURec, LRURecConfig, RecBLR, RecBLRConfig
+from model.inference.folded import FoldedLRURec
+
+Served = FoldedLRURec | RecBLR
 
 N_ITEMS = 3416
 BATCHES = (1, 64)
 
 
-def event_functions(
-    model: RecurrentRecommender, batch: int
-) -> tuple[Callable[[], object], Callable[[], object]]:
+def event_functions(model: Served, batch: int) -> tuple[Callable[[], object], Callable[[], object]]:
     """(step only, step + score + top-10) for ``batch`` users with a non-trivial state."""
     generator = torch.Generator().manual_seed(batch)
     history = torch.randint(1, N_ITEMS + 1, (batch, 50), generator=generator)
@@ -60,8 +62,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    models: dict[str, RecurrentRecommender] = {
-        "LRURec": LRURec(LRURecConfig(n_items=N_ITEMS)).eval(),
+    models: dict[str, Served] = {
+        "LRURec": FoldedLRURec.from_model(LRURec(LRURecConfig(n_items=N_ITEMS)).eval()),
         "RecBLR": RecBLR(RecBLRConfig(n_items=N_ITEMS)).eval(),
     }
     samples: dict[tuple[str, int, str], list[float]] = {}

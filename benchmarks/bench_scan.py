@@ -11,6 +11,7 @@ import torch
 
 from benchmarks.timing import median_seconds, repeats_for
 from model import LRURec, LRURecConfig
+from model.inference.folded import FoldedLRURec
 from model.scan import loop_scan, parallel_scan, sequential_scan
 
 CHANNELS = 128  # complex channels of one LRURec layer at d = 64
@@ -41,7 +42,7 @@ def time_scan(scan: object, batch: int, length: int, backward: bool) -> float:
 
 def time_step(batch: int, n_items: int) -> float:
     torch.manual_seed(0)
-    model = LRURec(LRURecConfig(n_items=n_items)).eval()
+    model = FoldedLRURec.from_model(LRURec(LRURecConfig(n_items=n_items)).eval())
     state = model.init_state(batch)
     items = torch.randint(1, n_items + 1, (batch,))
 

@@ -14,11 +14,12 @@ import onnxruntime as ort
 import torch
 
 from model import Artifact, LRURec, LRURecConfig, SASRec, SASRecConfig
-from model.export import export_onnx
-from model.topk import chunked_top_k
-from service.numba_runtime import NumbaStepper
-from service.onnx_runtime import BoundSession, OnnxStepper
-from service.runtime import Stepper
+from model.inference.export import export_onnx
+from model.inference.folded import FoldedLRURec
+from model.inference.topk import chunked_top_k
+from service.runtimes.numba_runtime import NumbaStepper
+from service.runtimes.onnx_runtime import BoundSession, OnnxStepper
+from service.runtimes.protocol import Stepper
 
 Event = Callable[[], object]
 K = 10
@@ -56,9 +57,10 @@ def lrurec_torch_event(model: LRURec, batch: int, chunk_size: int = 65_536) -> E
         _, state = model.prefill(random_items(model.config.n_items, (batch, 50), seed=batch))
     items = random_items(model.config.n_items, (batch,), seed=batch + 1)
     table, bias = model.embedding.weight, model.item_bias
+    folded = FoldedLRURec.from_model(model)
 
     def event() -> object:
-        hidden, _ = model.step(items, state)
+        hidden, _ = folded.step(items, state)
         return chunked_top_k(hidden, table, bias, K, chunk_size=chunk_size)
 
     return event
@@ -67,8 +69,9 @@ def lrurec_torch_event(model: LRURec, batch: int, chunk_size: int = 65_536) -> E
 def lrurec_onnx_event(model: LRURec, batch: int, session: ort.InferenceSession) -> Event:
     """LRURec in ONNX Runtime: the step graph with in-graph TopK, as the service runs graphs.
 
-    :class:`service.onnx_runtime.BoundSession` (IO binding up to batch 16, ``session.run`` above)
-    returns copies of the outputs (hidden, new_state, top_scores, top_items).
+    :class:`service.runtimes.onnx_runtime.BoundSession` (IO binding up to batch 16,
+    ``session.run`` above) returns copies of the outputs (hidden, new_state, top_scores,
+    top_items).
     """
     with torch.inference_mode():
         _, state = model.prefill(random_items(model.config.n_items, (batch, 50), seed=batch))
@@ -155,12 +158,13 @@ def incremental_times(step_and_rank: Callable[[int], object], n_events: int) -> 
 
 
 def lrurec_torch_user(model: LRURec, n_events: int) -> Callable[[int], object]:
-    """One user's stream through torch LRURec; the state is carried from event to event."""
+    """One user's stream through torch LRURec (folded step); the state is carried along."""
     items = random_items(model.config.n_items, (n_events, 1), seed=7)
-    state = [model.init_state(1)]
+    folded = FoldedLRURec.from_model(model)
+    state = [folded.init_state(1)]
 
     def event(index: int) -> object:
-        hidden, state[0] = model.step(items[index], state[0])
+        hidden, state[0] = folded.step(items[index], state[0])
         return chunked_top_k(hidden, model.embedding.weight, model.item_bias, K)
 
     return event

@@ -1,11 +1,12 @@
 """Server CPU per event of ``POST /events?k=10`` at a fixed open-loop rate, for one or more trees.
 
-CPU time per event (user + system of the uvicorn worker, and separately of its embedded
+CPU time per event (user + system of the service's processes, and separately of the
 redis-server) is the number least disturbed by other jobs on a shared machine, so hot-path
 changes are compared with it. Each ``--tree`` is a checkout of this repository (for example a
-``git worktree`` of an older commit); its service runs under plain uvicorn with that tree first on
-``PYTHONPATH``, and the trees are measured in alternating rounds so that a change in machine load
-hits all of them alike. The load comes from ``cli.bench.loadgen`` of *this* tree.
+``git worktree`` of an older commit); its service runs as that tree serves it (``lrurec serve``,
+or granian on the app factory with ``--server granian``) with the tree first on ``PYTHONPATH``,
+and the trees are measured in alternating rounds so that a change in machine load hits all of
+them alike. The load comes from ``benchmarks.loadgen`` of *this* tree.
 
     git worktree add /tmp/before <commit>
     python -m benchmarks.service_cpu --tree /tmp/before --tree . --rate 400 --rounds 3
@@ -16,75 +17,48 @@ import argparse
 import itertools
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psutil
-
-from cli.bench.artifacts import bench_artifact
-from cli.bench.loadgen import LoadSpec, run_load
-from cli.bench.sweep import HOST, event_requests, prefill, run_on_uvloop, wait_ready
-from service.embedded_redis import free_port
+from benchmarks.loadgen.artifacts import ML1M_ITEMS, bench_artifact
+from benchmarks.loadgen.cpu import process_cpu
+from benchmarks.loadgen.generator import LoadSpec, run_load
+from benchmarks.loadgen.servers import HOST, READY_TIMEOUT, Server, running_service, wait_ready
+from benchmarks.loadgen.sweep import run_on_uvloop
+from benchmarks.loadgen.workload import event_requests, prefill
+from cli.embedded_redis import EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-SERVE = """
-import sys, uvicorn
-try:
-    from service.http_protocol import HTTP_PROTOCOL as http
-except ImportError:
-    http = "auto"
-uvicorn.run("service.main:create_app", factory=True, port=int(sys.argv[1]), http=http,
-            access_log=False, log_level="warning")
-"""
-
 
 Variant = tuple[Path, tuple[tuple[str, str], ...]]
 """A tree and the ``LRUREC_*`` settings its service runs with."""
 
 
-def start(
-    tree: Path, artifact: Path, backend: str, port: int, settings: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ, "PYTHONPATH": str(tree), "LRUREC_ARTIFACT": str(artifact),
-        "LRUREC_BACKEND": backend, **settings,
-    }  # fmt: skip
-    env.pop("LRUREC_REDIS_URL", None)  # the app starts its own embedded redis-server
-    # uvicorn as `lrurec serve` runs it: with the tree's own HTTP protocol class when it has one.
-    command = [sys.executable, "-c", SERVE, str(port)]
-    return subprocess.Popen(command, cwd=tree, env=env)
-
-
-def cpu(process: psutil.Process) -> tuple[float, float]:
-    """(worker, children) user + system CPU seconds."""
-    own = process.cpu_times()
-    children = sum(sum(c.cpu_times()[:2]) for c in process.children(recursive=True))
-    return own.user + own.system, children
+def cpu(service: int, redis: int | None) -> tuple[float, float]:
+    """(service, redis-server) user + system CPU seconds."""
+    return sum(process_cpu([service]).values()), sum(process_cpu([redis] if redis else []).values())
 
 
 def measure(
     tree: Path, settings: dict[str, str], args: argparse.Namespace, artifact: Path
 ) -> dict[str, float]:
     port = free_port()
-    server = start(tree, artifact, args.backend, port, settings)
-    try:
-        wait_ready(server, port, 1, timeout=180.0)
-        item_ids = [str(index) for index in range(1, 3417)]
+    spec = LoadSpec(rate=args.rate, duration=args.duration, warmup=1.0, drain_timeout=15.0)
+    settings = {"LRUREC_BACKEND": args.backend, **settings}
+    with (
+        EmbeddedRedis() as redis,
+        running_service(args.server, artifact, 1, port, redis.url, settings, tree) as server,
+    ):
+        wait_ready(server, port, 1, READY_TIMEOUT)
+        item_ids = [str(index) for index in range(1, ML1M_ITEMS + 1)]
         prefill(port, item_ids, args.users, 10)
         requests = event_requests(item_ids, args.users, args.k)
-        process = psutil.Process(server.pid)
-        spec = LoadSpec(rate=args.rate, duration=args.duration, warmup=1.0, drain_timeout=15.0)
-        before = cpu(process)
+        before = cpu(server.pid, redis.pid)
         result = run_on_uvloop(run_load([(HOST, port)], requests, spec))
-        after = cpu(process)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        after = cpu(server.pid, redis.pid)
     sent = args.rate * (spec.duration + spec.warmup)
     return {
-        "worker_ms": (after[0] - before[0]) / sent * 1e3,
+        "service_ms": (after[0] - before[0]) / sent * 1e3,
         "redis_ms": (after[1] - before[1]) / sent * 1e3,
         "client_ms": result.client_cpu_seconds / sent * 1e3,
         "achieved": result.achieved_rate,
@@ -105,8 +79,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument(
-        "--micro-batch", choices=["off", "on", "both"], default=None,
-        help="LRUREC_MICRO_BATCH of the service; both = measure each tree with and without",
+        "--server", type=Server, choices=list(Server), default=Server.UVICORN,
+        help="HTTP server of the service (granian needs `pip install granian`)",
     )  # fmt: skip
     parser.add_argument(
         "--setting", action="append", default=[], metavar="NAME=V1[,V2...]",
@@ -122,15 +96,18 @@ def main() -> None:
         for tree, settings in variants:
             samples[(tree, settings)].append(measure(tree, dict(settings), args, artifact))
             time.sleep(1.0)
-    print(f"rate {args.rate:.0f}/s, backend {args.backend}, load {os.getloadavg()}")
-    print("| tree | settings | worker CPU ms/event | redis-server CPU ms/event | client CPU "
+    print(
+        f"rate {args.rate:.0f}/s, backend {args.backend}, server {args.server}, "
+        f"load {os.getloadavg()}"
+    )
+    print("| tree | settings | service CPU ms/event | redis-server CPU ms/event | client CPU "
           "ms/event | achieved/s | p50 ms | p99 ms |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for (tree, settings), rows in samples.items():
         med = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
         named = " ".join(f"{name}={value}" for name, value in settings) or "(defaults)"
         print(
-            f"| {tree} | {named} | {med['worker_ms']:.3f} | {med['redis_ms']:.3f} | "
+            f"| {tree} | {named} | {med['service_ms']:.3f} | {med['redis_ms']:.3f} | "
             f"{med['client_ms']:.3f} | {med['achieved']:.0f} | {med['p50_ms']:.1f} | "
             f"{med['p99_ms']:.1f} |"
         )
@@ -139,9 +116,6 @@ def main() -> None:
 def _variants(trees: list[Path], args: argparse.Namespace) -> list[Variant]:
     """Every tree with every combination of the settings' values."""
     choices: list[list[tuple[str, str]]] = []
-    if args.micro_batch is not None:
-        values = {"off": ["false"], "on": ["true"], "both": ["false", "true"]}[args.micro_batch]
-        choices.append([("LRUREC_MICRO_BATCH", value) for value in values])
     for setting in args.setting:
         name, _, values = setting.partition("=")
         choices.append([(name, value) for value in values.split(",")])

@@ -1,18 +1,19 @@
-"""Load test of ``POST /events`` (one model step + top-k) against a real ``lrurec serve``.
+"""Load test of ``POST /events`` (one model step + top-k) against the real service.
 
-Starts one uvicorn worker (embedded Redis) on loopback in a subprocess, serving an artifact at
-ML-1M catalogue size, pre-fills user histories through ``/events/batch``, then drives
-``POST /events?k=<k>`` from this separate process with ``--concurrency`` keep-alive connections
-for ``--duration`` seconds and prints events/s and latency percentiles.
+Starts one worker (``--server``: uvicorn or granian) and a redis-server on loopback in
+subprocesses, serving an artifact at ML-1M catalogue size, pre-fills user histories through
+``/events/batch``, then drives ``POST /events?k=<k>`` from this separate process with
+``--concurrency`` keep-alive connections for ``--duration`` seconds and prints events/s and
+latency percentiles.
 
 Two clients: ``raw`` (a minimal HTTP/1.1 keep-alive client on asyncio streams, so the load
 generator takes little of the CPU the server needs on a small machine) and ``httpx``.
 
     python -m benchmarks.service_load --duration 20 --concurrency 16 --client raw
 
-A closed loop (each connection waits for its answer): the open-loop generator behind
-``lrurec bench`` (``cli/bench/``) is the one for latency under a fixed arrival rate; this script
-shares its server, readiness and pre-fill helpers.
+A closed loop (each connection waits for its answer): ``python -m benchmarks.openloop`` (the
+generator in ``benchmarks/loadgen/``) is the one for latency under a fixed arrival rate; this
+script shares its server, readiness and pre-fill helpers.
 """
 
 import argparse
@@ -28,9 +29,11 @@ import httpx
 import orjson
 import psutil
 
-from cli.bench.artifacts import ML1M_ITEMS, bench_artifact
-from cli.bench.sweep import prefill, start_server, wait_ready
-from service.embedded_redis import free_port
+from benchmarks.loadgen.artifacts import ML1M_ITEMS, bench_artifact
+from benchmarks.loadgen.cpu import process_cpu
+from benchmarks.loadgen.servers import READY_TIMEOUT, Server, running_service, wait_ready
+from benchmarks.loadgen.workload import prefill
+from cli.embedded_redis import EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out"
@@ -107,14 +110,9 @@ async def drive(
     return latencies, time.perf_counter() - measure_from
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of the server and its children (the embedded redis-server)."""
-    root = psutil.Process(pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        times = process.cpu_times()
-        total += times.user + times.system
-    return total
+def cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU of the service's processes and the redis-server."""
+    return sum(process_cpu(roots).values())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -129,6 +127,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first")
     parser.add_argument("--concurrency", type=int, default=16, help="open connections")
     parser.add_argument("--client", choices=["raw", "httpx"], default="raw")
+    parser.add_argument(
+        "--server", type=Server, choices=list(Server), default=Server.UVICORN,
+        help="HTTP server of the service (granian needs `pip install granian`)",
+    )  # fmt: skip
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--prefill", type=int, default=10, help="events per user before timing")
@@ -140,20 +142,20 @@ def main() -> None:
     item_ids = [str(index) for index in range(1, ML1M_ITEMS + 1)]  # bench_artifact's ids
     artifact = args.artifact or bench_artifact(OUT / "service_bench", "lrurec")
     port = free_port()
-    server = start_server(artifact, 1, port, {})
-    try:
-        wait_ready(server, port, 1, timeout=180.0)
+    with (
+        EmbeddedRedis() as redis,
+        running_service(args.server, artifact, 1, port, redis.url, {}) as server,
+    ):
+        wait_ready(server, port, 1, READY_TIMEOUT)
         prefill_start = time.perf_counter()
         prefill(port, item_ids, args.users, args.prefill)
         prefill_seconds = time.perf_counter() - prefill_start
-        cpu_before = cpu_seconds(server.pid)
+        roots = [server.pid] + ([redis.pid] if redis.pid else [])
+        cpu_before = cpu_seconds(roots)
         latencies, elapsed = asyncio.run(drive(args, port, item_ids))
-        cpu = cpu_seconds(server.pid) - cpu_before
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        cpu = cpu_seconds(roots) - cpu_before
     result = {
-        "client": args.client, "concurrency": args.concurrency, "k": args.k,
+        "server": args.server, "client": args.client, "concurrency": args.concurrency, "k": args.k,
         "items": len(item_ids), "events": len(latencies), "seconds": round(elapsed, 2),
         "events_per_s": round(len(latencies) / elapsed, 1),
         "p50_ms": round(percentile(latencies, 50) * 1e3, 2),

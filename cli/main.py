@@ -3,19 +3,15 @@
 import typer
 
 app = typer.Typer(
-    help="LRURec real-time sequential recommendation: train, evaluate, serve and benchmark.",
+    help="LRURec real-time sequential recommendation: train, evaluate and serve.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 
 # Command registrations (one line per command; keep this file a thin composition root).
-from cli.bench.command import bench  # noqa: E402
 from cli.serve_command import serve  # noqa: E402
 from training.cli import evaluate, train  # noqa: E402
 
 app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("serve")(serve)
-app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-    bench
-)

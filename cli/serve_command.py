@@ -14,16 +14,18 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from fastapi import FastAPI
 from redis.connection import ConnectionPool
 
+from cli.embedded_redis import EmbeddedRedis
+from cli.parent_death import SUPERVISOR_PID_ENV, end_worker_with_supervisor
 from model.artifact import missing_files
-from service.embedded_redis import EmbeddedRedis
-from service.http_protocol import HTTP_PROTOCOL
-from service.parent_death import SUPERVISOR_PID_ENV
+from service.app import create_app
 from service.settings import get_settings
 from service.telemetry import prepare_multiprocess_dir
 
-APP_FACTORY = "service.main:create_app"
+APP_FACTORY = "cli.serve_command:worker_app"
+"""What each uvicorn worker imports and calls to build its app."""
 WORKER_HEALTHCHECK_SECONDS = 60
 
 
@@ -87,23 +89,12 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    ingest_port: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=65535,
-            help="Also serve POST /events (only) on this port, on --host, over a lean HTTP/1.1 "
-            "protocol: less CPU and lower tail latency per event for a producer streaming "
-            "events. Default: LRUREC_INGEST_PORT, else none.",
-            show_default=False,
-        ),
-    ] = None,
     log_level: Annotated[LogLevel, typer.Option(help="uvicorn log level.")] = LogLevel.INFO,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve real-time recommendations over HTTP (see /docs once it runs).
 
-    Every other setting is an LRUREC_* environment variable (README, "Settings"):
+    Every other setting is an LRUREC_* environment variable (docs/operator.md, "Settings"):
     LRUREC_BACKEND=auto|numba|onnx|torch (auto: numba for LRURec on the CPU, else torch),
     LRUREC_DEVICE=cpu|cuda, LRUREC_TORCH_THREADS, LRUREC_API_KEY, ...
     """
@@ -118,15 +109,6 @@ def serve(
             typer.echo(f"embedded redis-server on {url} (stopped on exit; nothing persisted)")
         # Workers are fresh processes: they read their settings from the environment.
         environment = {"LRUREC_ARTIFACT": str(artifact.resolve()), "LRUREC_REDIS_URL": url}
-        if ingest_port is not None:  # on --host; LRUREC_INGEST_HOST goes with the variable
-            environment |= {"LRUREC_INGEST_PORT": str(ingest_port), "LRUREC_INGEST_HOST": host}
-        if ingest_port or settings.ingest_port:
-            where = (
-                f"{host}:{ingest_port}"
-                if ingest_port
-                else f"{settings.ingest_host}:{settings.ingest_port}"
-            )
-            typer.echo(f"POST /events also on http://{where} (ingest port)")
         if workers > 1:
             metrics_dir = settings.metrics_dir or Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="lrurec-metrics-"))
@@ -143,10 +125,14 @@ def serve(
         uvicorn.run(
             APP_FACTORY, factory=True, host=host, port=port, workers=workers,
             log_level=log_level.value, access_log=access_log,
-            # httptools with each response in one send() (service/http_protocol.py).
-            http=HTTP_PROTOCOL,
             # A spawned worker answers the supervisor's ping only after importing torch and the
             # app; on a busy 2-core machine that measured ~10 s, beyond uvicorn's 5 s default,
             # and the supervisor killed and respawned workers forever.
             timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         )  # fmt: skip
+
+
+def worker_app() -> FastAPI:
+    """The app of one uvicorn worker; a worker of ``--workers N`` ends with the supervisor."""
+    end_worker_with_supervisor()
+    return create_app()

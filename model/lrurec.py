@@ -2,7 +2,8 @@
 
 Training runs the recurrence over whole left-padded sequences with the log-depth
 :func:`model.scan.parallel_scan`; serving advances a fixed-size state by one event with
-:meth:`LRURec.step`. Both compute the same function (pinned by tests/model/test_parity.py).
+:meth:`LRURec.step` (the readable reference; :class:`model.inference.folded.FoldedLRURec` is the
+fast form for serving). Both compute the same function (pinned by tests/model/test_parity.py).
 
 Serving state layout, ``Tensor[b, n_layers, 2, d_state]`` in the parameters' dtype (float32 in
 production): ``state[:, k, 0]`` is Re h and ``state[:, k, 1]`` is Im h of layer ``k``. A new user
@@ -15,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from model.config import LRURecConfig
-from model.folded import FoldedCache, folded_step
 from model.init import is_truncated_normal_target, truncated_normal_
 from model.layers import LRUBlock
 from model.shapes import Hidden, Items, Scores, State
@@ -34,7 +34,6 @@ class LRURec(nn.Module):
         self.blocks = nn.ModuleList(LRUBlock(config) for _ in range(config.n_layers))
         self.item_bias = nn.Parameter(torch.empty(config.vocab_size))
         self.reset_parameters()
-        self._folded = FoldedCache(self)
 
     def reset_parameters(self) -> None:
         """Truncated normal (σ = 0.02, ±2σ) on every weight and bias except LayerNorm and λ/γ."""
@@ -110,9 +109,9 @@ class LRURec(nn.Module):
     def step(self, items: Items, state: State) -> tuple[Hidden, State]:
         """Advance each user's state by one event in O(1) of the history length.
 
-        In inference (eval mode, no autograd) this runs :func:`model.folded.folded_step`, the
-        same function with λ, γ, B and C folded once (about 2x faster at batch 1); otherwise the
-        readable :meth:`reference_step`.
+        The readable reference, block by block (differentiable; applies dropout in training).
+        Serving uses :class:`model.inference.folded.FoldedLRURec`, the same function with λ, γ,
+        B and C folded once (about 2x faster at batch 1).
 
         Args:
             items: ``LongTensor[b]``, one item per user (non-zero).
@@ -121,12 +120,6 @@ class LRURec(nn.Module):
         Returns:
             ``(hidden [b, d], new_state [b, *state_shape])``.
         """
-        if self.training or torch.is_grad_enabled():
-            return self.reference_step(items, state)
-        return folded_step(self, self._folded.get(), items, state)
-
-    def reference_step(self, items: Items, state: State) -> tuple[Hidden, State]:
-        """The readable step, block by block (differentiable, applies dropout in training)."""
         x = self.embed(items)
         new_layers = []
         for k, block in enumerate(self.blocks):

@@ -28,8 +28,8 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None,
-        description="redis:// or rediss:// URL; unset = a private embedded redis-server on "
-        "loopback, started and stopped with the service.",
+        description="redis://, rediss:// or unix:// URL (required by the app; `lrurec serve` "
+        "starts a private embedded redis-server on loopback when it is unset).",
     )
     key_prefix: str = Field(default="lrurec", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     backend: str = Field(
@@ -59,15 +59,6 @@ class Settings(BaseSettings):
     cold_start: Literal["model", "popularity"] = "model"
     max_batch_size: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    ingest_port: int | None = Field(
-        default=None,
-        ge=1,
-        le=65535,
-        description="If set, each worker also serves POST /events (only) on this port over a "
-        "lean HTTP/1.1 protocol of its own (service.ingest): less CPU and lower tail latency "
-        "per event than the main port; the same documents and errors.",
-    )
-    ingest_host: str = Field(default="127.0.0.1", description="Interface of the ingest port.")
     max_event_ids: int = Field(
         default=1000, ge=1, description="Event ids remembered per user for de-duplication."
     )
@@ -75,30 +66,8 @@ class Settings(BaseSettings):
         default=True,
         description="Apply the concurrent events of users this worker wrote last in batches: "
         "one model call and one pipelined Redis round trip per event-loop iteration, or per "
-        "batch that comes back under load (batches_in_flight) (same results; false: each "
-        "event on its own, the reference path).",
-    )
-    batches_in_flight: int = Field(
-        default=2,
-        ge=0,
-        le=64,
-        description="With batch_events: most batches out at once (between their model call and "
-        "their Redis reply); events arriving meanwhile go out together (up to 64 per batch) when "
-        "one comes back, so batches grow with the load (0 = no limit: a batch per event-loop "
-        "iteration).",
-    )
-    micro_batch: bool = Field(
-        default=False,
-        description="Run the model steps and top-k's of concurrent events as one batched call "
-        "per event-loop iteration (helps under load, costs a little at low load).",
-    )
-    micro_batch_wait_ms: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=50.0,
-        description="With micro_batch or batch_events: how long the first waiting event's model "
-        "call waits for others (0 = until the end of the event-loop iteration); a batch of 64 "
-        "runs at once.",
+        "batch that comes back under load (same results; false: each event on its own, the "
+        "reference path).",
     )
     quantized_scoring: Literal["auto", "on", "off"] = Field(
         default="auto",

@@ -12,8 +12,8 @@ import pytest
 import redis
 import torch
 
+from cli.embedded_redis import EmbeddedRedis
 from model import LRURec, LRURecConfig, save_artifact
-from service.embedded_redis import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO.parent / "shared" / "data"

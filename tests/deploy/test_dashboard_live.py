@@ -15,8 +15,8 @@ import httpx
 import pytest
 import torch
 
+from cli.embedded_redis import EmbeddedRedis
 from model import LRURec, LRURecConfig, save_artifact
-from service.embedded_redis import EmbeddedRedis
 from tests.deploy.live import SCRAPE_SECONDS, Load, free_port, prometheus_config, running
 from tests.deploy.promql import alert_rules, load_dashboard, queries, substitute, variable_values
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import LRURec, LRURecConfig, SASRec, SASRecConfig
-from model.export import (
+from model.inference.export import (
     RANK_INPUTS,
     STATE_OUTPUTS,
     STEP_INPUTS,
@@ -52,7 +52,7 @@ def random_inputs(model: LRURec) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run_torch(model: LRURec, items: torch.Tensor, state: torch.Tensor) -> list[np.ndarray]:
     with torch.no_grad():
-        hidden, new_state = model.reference_step(items, state)
+        hidden, new_state = model.step(items, state)
         scores = model.score(hidden)
     scores[:, 0] = -torch.inf
     return [hidden.numpy(), new_state.numpy(), scores.numpy()]
@@ -110,7 +110,7 @@ def rank_torch(
 def test_rank_graph_is_exact_top_k_without_excluded_items(model: LRURec) -> None:
     items, state = random_inputs(model)
     with torch.no_grad():
-        hidden, _ = model.reference_step(items, state)
+        hidden, _ = model.step(items, state)
     generator = np.random.default_rng(3)
     exclude = [
         generator.integers(1, N_ITEMS + 1, size=i % 7 * 30).tolist() for i in range(N_STATES)

@@ -6,13 +6,20 @@ import pytest
 import torch
 
 from model import LRURec, LRURecConfig
+from model.inference.folded import FoldedLRURec
 from model.scan import parallel_scan, sequential_scan
 from tests.model.conftest import TOLERANCE, left_padded_batch
 
 MIXED_LENGTHS = [1, 2, 3, 17, 64, 100, 128, 255, 256, 300, 301]
+Form = Literal["reference", "folded"]
 
 
-def stepped_outputs(model: LRURec, items: torch.Tensor) -> list[torch.Tensor]:
+def serving_form(model: LRURec, form: Form) -> LRURec | FoldedLRURec:
+    """``LRURec.step`` itself, or its fast form."""
+    return model if form == "reference" else FoldedLRURec.from_model(model)
+
+
+def stepped_outputs(model: LRURec | FoldedLRURec, items: torch.Tensor) -> list[torch.Tensor]:
     """Per row: the outputs of stepping through that row's real events from ``init_state``."""
     outputs = []
     for row in items:
@@ -26,10 +33,11 @@ def stepped_outputs(model: LRURec, items: torch.Tensor) -> list[torch.Tensor]:
     return outputs
 
 
+@pytest.mark.parametrize("form", ["reference", "folded"])
 @pytest.mark.parametrize("scan", ["parallel", "loop"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_parallel_forward_equals_step_by_step_at_every_real_position(
-    dtype: torch.dtype, scan: Literal["parallel", "loop"]
+    dtype: torch.dtype, scan: Literal["parallel", "loop"], form: Form
 ) -> None:
     torch.manual_seed(1)
     model = LRURec(LRURecConfig(n_items=40, d_model=8, n_layers=2)).to(dtype).eval()
@@ -37,7 +45,7 @@ def test_parallel_forward_equals_step_by_step_at_every_real_position(
     items = left_padded_batch(MIXED_LENGTHS, n_items=40)
     with torch.no_grad():
         parallel = model(items)
-        stepped = stepped_outputs(model, items)
+        stepped = stepped_outputs(serving_form(model, form), items)
     for row, length in enumerate(MIXED_LENGTHS):
         error = (parallel[row, -length:] - stepped[row]).abs().max().item()
         assert error <= TOLERANCE[dtype], f"length {length}: max abs error {error:.3g}"
@@ -125,11 +133,13 @@ def test_state_has_the_documented_fixed_shape_and_dtype(tiny_model: LRURec) -> N
     assert new_state.dtype == torch.float32
 
 
-def test_step_matches_forward_in_a_batch_of_users(tiny_model: LRURec) -> None:
+@pytest.mark.parametrize("form", ["reference", "folded"])
+def test_step_matches_forward_in_a_batch_of_users(tiny_model: LRURec, form: Form) -> None:
     items = left_padded_batch([12, 12, 12], n_items=50, seed=5)
+    served = serving_form(tiny_model, form)
     with torch.no_grad():
         parallel = tiny_model(items)
-        state = tiny_model.init_state(3)
+        state = served.init_state(3)
         for t in range(items.shape[1]):
-            hidden, state = tiny_model.step(items[:, t], state)
+            hidden, state = served.step(items[:, t], state)
             assert (hidden - parallel[:, t]).abs().max().item() <= TOLERANCE[torch.float32]

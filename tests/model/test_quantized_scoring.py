@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from model.quantized_scoring import TwoStageTopK
-from model.quantized_table import (
+from model.inference.quantized_scoring import TwoStageTopK
+from model.inference.quantized_table import (
     augmented_rows,
     quantize_queries,
     quantize_table,
     reference_scores,
 )
-from model.topk import chunked_top_k
+from model.inference.topk import chunked_top_k
 
 TIE = 1e-4
 """Scores closer than this to the k-th best may be swapped with it (float32 rounding order)."""

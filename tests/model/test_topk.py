@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.topk import block_top_k, chunked_top_k
+from model.inference.topk import block_top_k, chunked_top_k
 
 N_ITEMS = 3_000
 

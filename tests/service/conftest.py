@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
+from service.app import create_app
 from service.settings import Settings
 from tests.conftest import TINY_N_ITEMS
 

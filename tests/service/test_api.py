@@ -231,7 +231,7 @@ def test_a_body_that_is_not_json_is_a_422_naming_the_body(
 @pytest.mark.parametrize("timestamp", ["NaN", "1e400", "-1", '"2024-01-01T00:00:00Z"'])
 def test_a_timestamp_is_a_finite_number_of_unix_seconds(client: TestClient, timestamp: str) -> None:
     body = f'{{"user_id": "t", "item_id": "item-1", "timestamp": {timestamp}}}'
-    response = client.post("/events", content=body)
+    response = client.post("/events", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert response.json()["message"].startswith("body.timestamp")
 

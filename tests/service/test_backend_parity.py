@@ -9,10 +9,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from model import Artifact, LRURec, LRURecConfig
-from service.main import create_app
-from service.numba_runtime import NumbaStepper
-from service.onnx_runtime import OnnxStepper
-from service.runtime import Stepper, TorchStepper
+from service.app import create_app
+from service.runtimes.numba_runtime import NumbaStepper
+from service.runtimes.onnx_runtime import OnnxStepper
+from service.runtimes.protocol import Stepper
+from service.runtimes.torch_runtime import TorchStepper
 from service.settings import Settings
 from tests.conftest import ArtifactFactory
 

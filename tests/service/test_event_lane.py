@@ -1,4 +1,4 @@
-"""The batched event lane (service.event_lane) gives the same answers and records as applying
+"""The batched event lane (service.engine.lane) gives the same answers and records as applying
 each event on its own (``batch_events=False``, the reference path), and really batches."""
 
 import asyncio
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import redis
 
-from service import telemetry
-from service.engine import Engine
-from service.main import _build_engine
-from service.runtime import Exclusion, FloatArray, IndexArray, Stepper
+from service.engine.engine import Engine
+from service.runtimes.protocol import Exclusion, FloatArray, IndexArray, Stepper
 from service.schemas import Event
 from service.settings import Settings
+from tests.metrics import sample
+from tests.service.engines import started_engine
 
 Script = list[list[tuple[Event, int, bool]]]
 """Rounds of ``(event, k, exclude_seen)``; a round's events are applied concurrently."""
@@ -77,7 +77,7 @@ async def _applied(engine: Engine, script: Script) -> list[dict[str, Any]]:
 
 def _run(settings: Settings, redis_url: str, script: Script) -> tuple[list[Any], RecordingStepper]:
     async def main() -> tuple[list[Any], RecordingStepper]:
-        engine, _, close = _build_engine(settings, redis_url)
+        engine, close = await started_engine(settings)
         recording = RecordingStepper(engine.stepper)
         engine.stepper = recording
         try:
@@ -172,14 +172,14 @@ def test_a_stale_copy_in_the_lane_is_refused_and_the_event_applied_from_the_reco
     settings = Settings(artifact=tiny_artifact, redis_url=redis_url, key_prefix="lanestale")
 
     async def main() -> list[dict[str, Any]]:
-        first, _, close_first = _build_engine(settings, redis_url)
-        second, _, close_second = _build_engine(settings, redis_url)
+        first, close_first = await started_engine(settings)
+        second, close_second = await started_engine(settings)
         try:
             answers = [(await first.apply(Event(user_id="u", item_id="item-1"), 3, True))]
             answers.append(await second.apply(Event(user_id="u", item_id="item-2"), 3, True))
-            stale = telemetry.CACHE_STALE._value.get()
+            stale = sample("lrurec_state_cache_events_total", outcome="stale")
             answers.append(await first.apply(Event(user_id="u", item_id="item-3"), 3, True))
-            assert telemetry.CACHE_STALE._value.get() == stale + 1
+            assert sample("lrurec_state_cache_events_total", outcome="stale") == stale + 1
             return [answer.result().model_dump() for answer in answers]
         finally:
             await close_first()
@@ -198,23 +198,16 @@ async def _iterations(count: int) -> None:
         await asyncio.sleep(0)
 
 
-@pytest.mark.parametrize(
-    ("in_flight", "batches"), [(0, [4, 1, 1, 1, 1, 1]), (1, [4, 5]), (2, [4, 1, 4])]
-)
 def test_events_arriving_while_batches_are_out_go_out_together(
-    tiny_artifact: Path, redis_url: str, redis_client: "redis.Redis", in_flight: int,
-    batches: list[int],
-) -> None:  # fmt: skip
-    """With ``in_flight`` batches waiting for Redis, the events that arrive meanwhile are held
-    and sent as one batch when one comes back (0: each loop iteration's events go at once)."""
-    settings = Settings(
-        artifact=tiny_artifact, redis_url=redis_url, key_prefix=f"laneheld{in_flight}",
-        batches_in_flight=in_flight,
-    )  # fmt: skip
+    tiny_artifact: Path, redis_url: str, redis_client: "redis.Redis"
+) -> None:
+    """With two batches waiting for Redis, the events that arrive meanwhile are held and sent
+    as one batch when one comes back."""
+    settings = Settings(artifact=tiny_artifact, redis_url=redis_url, key_prefix="laneheld")
     users = [f"held-{n}" for n in range(9)]
 
     async def main() -> tuple[list[int], list[int]]:
-        engine, _, close = _build_engine(settings, redis_url)
+        engine, close = await started_engine(settings)
         try:  # first events: every user's record cached, so the next ones take the lane
             await asyncio.gather(*(engine.apply(Event(user_id=u, item_id="item-1"), 0, False)
                                    for u in users))  # fmt: skip
@@ -233,5 +226,5 @@ def test_events_arriving_while_batches_are_out_go_out_together(
             await close()
 
     rows, applied = asyncio.run(main())
-    assert rows == batches
+    assert rows == [4, 1, 4]
     assert applied == [2] * len(users)

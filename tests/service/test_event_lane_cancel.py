@@ -1,4 +1,4 @@
-"""A batch task of the event lane (service.event_lane) cancelled, as at shutdown: its events are
+"""A batch task of the event lane (service.engine.lane) cancelled, as at shutdown: its events are
 answered, and none is applied twice."""
 
 import asyncio
@@ -11,11 +11,12 @@ import pytest
 import redis
 from starlette.requests import Request
 
-from service import telemetry
-from service.event_lane import UnknownOutcomeError
-from service.main import _build_engine, create_app
+from service.app import create_app
+from service.engine.lane import UnknownOutcomeError
 from service.schemas import Event
 from service.settings import Settings
+from tests.metrics import sample
+from tests.service.engines import started_engine
 
 USER = "cancelled"
 T = TypeVar("T")
@@ -64,7 +65,7 @@ def test_a_batch_cancelled_before_its_first_step_leaves_its_event_to_the_ordinar
     tasks = LaneTasks(cancel_at_creation=True)
 
     async def main() -> int:
-        engine, _, close = _build_engine(settings, redis_url)
+        engine, close = await started_engine(settings)
         try:  # the first event caches the user's record, so the second one takes the lane
             await engine.apply(Event(user_id=USER, item_id="item-1"), 3, True)
             asyncio.get_running_loop().set_task_factory(tasks)
@@ -92,7 +93,7 @@ def test_a_batch_cancelled_after_its_write_was_sent_answers_unknown_and_applies_
     tasks = LaneTasks(cancel_at_creation=False)
 
     async def main() -> tuple[BaseException | None, int]:
-        engine, _, close = _build_engine(settings, redis_url)
+        engine, close = await started_engine(settings)
         try:
             await engine.apply(Event(user_id=USER, item_id="item-1"), 3, True)
             asyncio.get_running_loop().set_task_factory(tasks)
@@ -108,9 +109,11 @@ def test_a_batch_cancelled_after_its_write_was_sent_answers_unknown_and_applies_
             answered, _ = await asyncio.wait([second], timeout=10)
             assert answered, "the cancelled batch's event was never answered"
             error = second.exception()
-            stale = telemetry.CACHE_STALE._value.get()
+            stale = sample("lrurec_state_cache_events_total", outcome="stale")
             third = await engine.apply(Event(user_id=USER, item_id="item-3"), 3, True)
-            assert telemetry.CACHE_STALE._value.get() == stale  # the copy was dropped, not tried
+            assert (
+                sample("lrurec_state_cache_events_total", outcome="stale") == stale
+            )  # the copy was dropped, not tried
             return error, third.events_applied
         finally:
             asyncio.get_running_loop().set_task_factory(None)
@@ -118,16 +121,19 @@ def test_a_batch_cancelled_after_its_write_was_sent_answers_unknown_and_applies_
 
     error, applied_after = asyncio.run(main())
     assert isinstance(error, UnknownOutcomeError)
-    assert applied_after == 3  # the second event's write landed once; the next one follows it
-    assert _history(redis_client, prefix) == [b"item-1", b"item-2", b"item-3"]
-    assert _events_applied(redis_client, prefix) == 3
+    # The cancelled write may or may not have reached Redis (the client drops a connection whose
+    # reply it stops waiting for); either way it landed at most once, and the next event
+    # followed the record as it is, not the worker's copy.
+    history = _history(redis_client, prefix)
+    assert history in ([b"item-1", b"item-2", b"item-3"], [b"item-1", b"item-3"])
+    assert applied_after == _events_applied(redis_client, prefix) == len(history)
 
 
 def test_an_unknown_outcome_is_answered_503_redis_unavailable(
     tiny_artifact: Path, redis_url: str
 ) -> None:
-    """Both ports answer an exception with the app's handler for the nearest class in its MRO
-    (Starlette's lookup, and ``Ingest.error``): a Redis timeout's, 503 with ``Retry-After``."""
+    """The app answers an exception with its handler for the nearest class in its MRO
+    (Starlette's lookup): a Redis timeout's, 503 with ``Retry-After``."""
     app = create_app(Settings(artifact=tiny_artifact, redis_url=redis_url))
     error = UnknownOutcomeError("the event's write was sent but its reply never read")
     handler = next(app.exception_handlers[kind] for kind in type(error).__mro__

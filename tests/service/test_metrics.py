@@ -1,4 +1,4 @@
-"""``/metrics`` exposes every name of the contract in README.md (Metrics), and the counters move."""
+"""``/metrics`` exposes every name of the contract in docs/operator.md (Metrics), and the counters move."""
 
 import re
 
@@ -76,7 +76,7 @@ def test_counters_and_histograms_move_with_traffic(client: TestClient) -> None:
     assert delta("lrurec_errors_total", kind="validation") == 1
     assert delta("lrurec_cold_starts_total") >= 1
     # 4 applied events, plus the duplicate's step: from the worker's copy of m1 the duplicate
-    # is only found by the write, which refuses it (service.state_cache). Single events with
+    # is only found by the write, which refuses it (service.engine.state_cache). Single events with
     # k > 0 step and rank in one fused call; the batch's k = 0 events only step.
     assert delta("lrurec_model_step_score_seconds_count") == 2
     assert delta("lrurec_model_step_seconds_count") == 3
@@ -85,7 +85,7 @@ def test_counters_and_histograms_move_with_traffic(client: TestClient) -> None:
     assert delta("lrurec_batch_size_count") == 1
     assert delta("lrurec_batch_size_sum") == 3
     # Reads: m1's first event, the duplicate (this worker's copy may predate it), the GET and
-    # m2's first event; the other events start from the worker's copy (service.state_cache).
+    # m2's first event; the other events start from the worker's copy (service.engine.state_cache).
     assert delta("lrurec_redis_seconds_count", operation="load") >= 4
     assert delta("lrurec_redis_seconds_count", operation="apply") >= 5
     route = {"route": "/recommendations/{user_id}", "method": "GET", "status": "2xx"}

@@ -14,8 +14,8 @@ import torch
 from numba.core.errors import NumbaError
 
 from model import Artifact, LRURec, SASRec, SASRecConfig, load_artifact, save_artifact
-from service import numba_runtime
-from service.numba_kernels import (
+from service.runtimes import numba_runtime
+from service.runtimes.numba_kernels import (
     FLOOR_ROWS,
     SCAN_WIDTH,
     _erf,
@@ -24,22 +24,18 @@ from service.numba_kernels import (
     step_top_k_kernel,
     top_k_kernel,
 )
-from service.numba_runtime import NO_EXCLUSIONS, NumbaStepper
-from service.numba_weights import (
+from service.runtimes.numba_runtime import NO_EXCLUSIONS, NumbaStepper
+from service.runtimes.numba_weights import (
     ALIGN,
     WEIGHT_NDIMS,
     kernel_weights,
     pack_weights,
     unpack_weights,
 )
-from service.runtime import (
-    BACKENDS,
-    Stepper,
-    TorchStepper,
-    build_backend,
-    build_stepper,
-    top_k_numpy,
-)
+from service.runtimes.protocol import Stepper
+from service.runtimes.ranking import top_k_numpy
+from service.runtimes.registry import BACKENDS, build_backend, build_stepper
+from service.runtimes.torch_runtime import TorchStepper
 from service.settings import Settings
 from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
 
@@ -450,9 +446,9 @@ CACHE_PROBE = """
 import resource, signal, sys
 import numpy as np
 from model import load_artifact
-from service import numba_kernels
-from service.numba_runtime import NO_EXCLUSIONS, NumbaStepper
-from service.numba_weights import (
+from service.runtimes import numba_kernels
+from service.runtimes.numba_runtime import NO_EXCLUSIONS, NumbaStepper
+from service.runtimes.numba_weights import (
     ALIGN,
     WEIGHT_NDIMS,
     kernel_weights,
@@ -503,9 +499,9 @@ BOUNDS_PROBE = """
 import sys
 import numpy as np
 from model import load_artifact
-from service import numba_runtime
-from service.numba_runtime import NO_EXCLUSIONS, NumbaStepper
-from service.numba_weights import (
+from service.runtimes import numba_runtime
+from service.runtimes.numba_runtime import NO_EXCLUSIONS, NumbaStepper
+from service.runtimes.numba_weights import (
     ALIGN,
     WEIGHT_NDIMS,
     kernel_weights,

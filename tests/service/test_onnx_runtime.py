@@ -14,9 +14,9 @@ from model import (
     load_artifact,
     save_artifact,
 )
-from model.export import export_onnx
-from service.onnx_runtime import BoundSession, OnnxStepper, providers_for, session_options
-from service.runtime import build_stepper
+from model.inference.export import export_onnx
+from service.runtimes.onnx_runtime import BoundSession, OnnxStepper, providers_for, session_options
+from service.runtimes.registry import build_stepper
 from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS
 
 SCORE_TOLERANCE = 1e-4

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.main import create_app
+from service.app import create_app
 from service.settings import Settings
 from tests.service.offline import forward_last, load_model, top_k
 

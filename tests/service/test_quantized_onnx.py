@@ -9,12 +9,12 @@ import torch
 from fastapi.testclient import TestClient
 
 from model import load_artifact
-from model.quantized_table import quantize_table, reference_scores
-from service import telemetry
-from service.main import create_app
-from service.quantized_onnx import OnnxIntKernel, QuantizedStepper, with_quantized_scoring
-from service.runtime import TorchStepper
+from model.inference.quantized_table import quantize_table, reference_scores
+from service.app import create_app
+from service.runtimes.quantized import OnnxIntKernel, QuantizedStepper, with_quantized_scoring
+from service.runtimes.torch_runtime import TorchStepper
 from service.settings import Settings
+from tests.metrics import sample
 from tests.service.offline import load_model, stepped, top_k
 
 BIG = 60_000
@@ -82,25 +82,23 @@ def test_auto_stays_off_below_the_threshold(tiny_artifact: Path) -> None:
     assert with_quantized_scoring(stepper, artifact, settings) is stepper
 
 
-@pytest.mark.parametrize(
-    ("backend", "micro_batch"), [("torch", False), ("torch", True), ("onnx", False)]
-)
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_service_serves_the_offline_exact_top_k_on_a_big_catalogue(
-    big_artifact: Path, redis_url: str, backend: str, micro_batch: bool
+    big_artifact: Path, redis_url: str, backend: str
 ) -> None:
     # quantized_scoring is left at "auto": on at 60k items.
-    settings = Settings(
-        artifact=big_artifact, redis_url=redis_url, backend=backend, micro_batch=micro_batch
-    )
+    settings = Settings(artifact=big_artifact, redis_url=redis_url, backend=backend)
     history = [5, 59_999, 123, 40_000, 7]
     with TestClient(create_app(settings)) as client:
         assert isinstance(client.app.state.engine.stepper, QuantizedStepper)  # type: ignore[attr-defined]
-        ranked = telemetry.QUANTIZED_TWO_STAGE._value.get()  # after start-up's warm-up call
+        # After start-up's warm-up call:
+        ranked = sample("lrurec_quantized_rows_total", path="two_stage")
         for index in history:
             event = {"user_id": "big", "item_id": BIG_IDS[index - 1]}
             assert client.post("/events", json=event, params={"k": 0}).status_code == 200
         served = client.get("/recommendations/big", params={"k": 20}).json()["items"]
-    assert telemetry.QUANTIZED_TWO_STAGE._value.get() == ranked + 1  # the one ranked request
+    # The one ranked request:
+    assert sample("lrurec_quantized_rows_total", path="two_stage") == ranked + 1
     model = load_model(big_artifact)
     hidden, _ = stepped(model, history)
     expected = top_k(model, hidden, 20, exclude=history)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from service import telemetry
+from tests.metrics import sample
 from tests.service.conftest import ClientFactory
 from tests.service.offline import load_model, state_key, stepped, stored_state, top_k
 
@@ -15,7 +15,7 @@ KNOWN = [3, 8, 1]
 
 
 def rebuilds() -> float:
-    return float(telemetry.STATE_REBUILDS._value.get())
+    return float(sample("lrurec_state_rebuilds_total"))
 
 
 def seed_user_with_old_model(make_client: ClientFactory, old: Path, user: str) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service import telemetry
-from service.embedded_redis import EmbeddedRedis, free_port
-from service.main import create_app
+from cli.embedded_redis import EmbeddedRedis, free_port
+from service.app import create_app
 from service.settings import Settings
+from tests.metrics import sample
 
 EVENT = {"user_id": "u1", "item_id": "item-1", "event_id": "e1"}
 
@@ -37,8 +37,7 @@ def assert_503(response: object, kind: str = "redis_unavailable") -> None:
 def test_redis_down_gives_503_then_recovers(
     private_redis: EmbeddedRedis, tiny_artifact: Path
 ) -> None:
-    errors = telemetry.ERRORS.labels("redis_unavailable")
-    errors_before = errors._value.get()
+    errors_before = sample("lrurec_errors_total", kind="redis_unavailable")
     with TestClient(create_app(fast_failing_settings(tiny_artifact, private_redis.url))) as client:
         assert client.post("/events", json=EVENT).json()["applied"] is True
         private_redis.stop()
@@ -52,7 +51,7 @@ def test_redis_down_gives_503_then_recovers(
         assert [r["reason"] for r in batch.json()["results"]] == ["redis_unavailable"] * 2
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
-        assert errors._value.get() >= errors_before + 5
+        assert sample("lrurec_errors_total", kind="redis_unavailable") >= errors_before + 5
 
         private_redis.start()  # same port, empty (the embedded server does not persist)
         recovered = client.post("/events", json={**EVENT, "event_id": "e3"})
@@ -71,9 +70,9 @@ def test_service_starts_without_redis_and_becomes_ready_when_it_appears(
             "status": "not_ready", "model_version": client.app.state.engine.model_version,  # type: ignore[attr-defined]
             "redis": False,
         }  # fmt: skip
-        assert telemetry.READY._value.get() == 0
+        assert sample("lrurec_ready") == 0
         assert_503(client.post("/events", json=EVENT))
         with server:
             assert client.get("/readyz").status_code == 200
-            assert telemetry.READY._value.get() == 1
+            assert sample("lrurec_ready") == 1
             assert client.post("/events", json=EVENT).status_code == 200

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.embedded_redis import free_port
+from cli.embedded_redis import free_port
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The worker's copy of the records it wrote (service.state_cache): fewer reads, same results.
+"""The worker's copy of the records it wrote (service.engine.state_cache): fewer reads, same
+results.
 
 Every test ends by comparing the stored state with the offline reference (the model stepped
 through the stored history in order), so a write from a stale copy would show.
@@ -11,17 +12,15 @@ import numpy as np
 import redis
 from fastapi.testclient import TestClient
 
-from service import telemetry
 from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
+from tests.metrics import sample
 from tests.service.conftest import ClientFactory
 from tests.service.offline import load_model, stepped, stored_state
 
 
 def _count(operation: str) -> float:
     """Observations in ``lrurec_redis_seconds{operation}`` so far."""
-    telemetry.flush_buffers()
-    buckets = telemetry.REDIS_SECONDS.labels(operation)._buckets
-    return float(sum(bucket.get() for bucket in buckets))
+    return sample("lrurec_redis_seconds_count", operation=operation)
 
 
 def post(
@@ -52,12 +51,15 @@ def test_a_workers_later_events_for_a_user_skip_the_read(
     client: TestClient, redis_client: "redis.Redis", tiny_artifact: Path
 ) -> None:
     before = _count("load")
-    fresh, miss = telemetry.CACHE_FRESH._value.get(), telemetry.CACHE_MISS._value.get()
+    fresh, miss = (
+        sample("lrurec_state_cache_events_total", outcome="fresh"),
+        sample("lrurec_state_cache_events_total", outcome="miss"),
+    )
     for n in range(5):
         assert post(client, "c1", f"item-{n + 1}")["events_applied"] == n + 1
     assert _count("load") - before == 1  # only the first event read the record
-    assert telemetry.CACHE_MISS._value.get() - miss == 1
-    assert telemetry.CACHE_FRESH._value.get() - fresh == 4
+    assert sample("lrurec_state_cache_events_total", outcome="miss") - miss == 1
+    assert sample("lrurec_state_cache_events_total", outcome="fresh") - fresh == 4
     assert_stored_state_is_history_stepped(client, redis_client, tiny_artifact, "c1", 5)
 
 
@@ -76,11 +78,11 @@ def test_a_copy_made_stale_by_another_worker_is_refused_and_replaced(
         post(first, "c2", "item-1")
         post(first, "c2", "item-2")  # first now holds c2 at version 2
         post(second, "c2", "item-3")  # version 3, written by second
-        retries = telemetry.CAS_RETRIES._value.get()
-        stale = telemetry.CACHE_STALE._value.get()
+        retries = sample("lrurec_cas_retries_total")
+        stale = sample("lrurec_state_cache_events_total", outcome="stale")
         body = post(first, "c2", "item-4")  # from the stale copy: refused, retried
-        assert telemetry.CACHE_STALE._value.get() == stale + 1
-        assert telemetry.CAS_RETRIES._value.get() == retries  # a stale copy is not a race
+        assert sample("lrurec_state_cache_events_total", outcome="stale") == stale + 1
+        assert sample("lrurec_cas_retries_total") == retries  # a stale copy is not a race
         assert body["applied"] is True
         assert body["events_applied"] == 4
         assert_stored_state_is_history_stepped(first, redis_client, tiny_artifact, "c2", 4)

@@ -8,22 +8,19 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from service.store import UserStore, Write, WriteResult, WriteStatus, create_redis
+from service.store import Limits, UserStore, Write, WriteResult, WriteStatus, create_redis
 
 T = TypeVar("T")
 
 
 def run_with_store(
-    url: str, body: Callable[[UserStore], Awaitable[T]], max_len: int = 3, ttl: int = 0,
-    script_connection: bool = True,
-) -> T:  # fmt: skip
+    url: str, body: Callable[[UserStore], Awaitable[T]], max_len: int = 3, ttl: int = 0
+) -> T:
     """Run ``body(store)`` on a fresh event loop and client."""
 
     async def main() -> T:
         client = create_redis(url, timeout_seconds=2.0, retries=1, max_connections=4)
-        store = UserStore(
-            client, "lrurec", max_len, max_event_ids=2, ttl=ttl, script_connection=script_connection
-        )
+        store = UserStore(client, "lrurec", Limits(max_len, max_event_ids=2, ttl_seconds=ttl))
         try:
             return await body(store)
         finally:
@@ -105,12 +102,16 @@ def test_delete_removes_every_key(redis_url: str, redis_client: "redis.Redis") -
     assert redis_client.dbsize() == 0
 
 
-@pytest.mark.parametrize("script_connection", [True, False])
+@pytest.mark.parametrize("scripts_flushed", [False, True])
 def test_pipelined_writes_answer_as_single_writes_would(
-    redis_url: str, redis_client: "redis.Redis", script_connection: bool
+    redis_url: str, redis_client: "redis.Redis", scripts_flushed: bool
 ) -> None:
+    """Also after Redis lost its scripts (a restart or SCRIPT FLUSH): they are loaded again."""
+
     async def body(store: UserStore) -> list[object]:
         assert (await store.write("w1", event(0, "t1"))).status == WriteStatus.WRITTEN
+        if scripts_flushed:
+            redis_client.script_flush()
         return list(
             await store.write_many(
                 [
@@ -122,7 +123,7 @@ def test_pipelined_writes_answer_as_single_writes_would(
             )
         )
 
-    results = run_with_store(redis_url, body, script_connection=script_connection)
+    results = run_with_store(redis_url, body)
     statuses = [getattr(result, "status", None) for result in results]
     assert statuses == [
         WriteStatus.WRITTEN, WriteStatus.WRITTEN, WriteStatus.CONFLICT,

@@ -1,8 +1,8 @@
-"""Per-user FIFO locks (service.user_locks): one holder, arrival order, cancellation."""
+"""Per-user FIFO locks (service.engine.user_locks): one holder, arrival order, cancellation."""
 
 import asyncio
 
-from service.user_locks import UserLocks
+from service.engine.user_locks import UserLocks
 
 
 def test_waiters_get_the_lock_in_arrival_order_and_take_never_waits() -> None:

@@ -9,7 +9,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.limits import declared_length
+from service.api.middleware import declared_length
 from tests.service.conftest import ClientFactory
 
 LONG_ID = "x" * 257

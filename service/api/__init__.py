@@ -1,0 +1,1 @@
+"""HTTP: routes, the API-key dependency, error rendering and ASGI middleware."""

@@ -1,0 +1,110 @@
+"""All Redis I/O of the service: one-round-trip reads and the atomic per-user write script
+(key layout in :mod:`service.store.keys`, scripts in :mod:`service.store.scripts`)."""
+
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from service import telemetry
+from service.store.keys import UserKeys, user_keys
+from service.store.records import (
+    Arg,
+    Limits,
+    Snapshot,
+    Write,
+    WriteResult,
+    snapshot,
+    write_args,
+    write_result,
+)
+from service.store.scripts import APPLY, LOAD, script_text
+
+PendingWrite = tuple[str, Write, bool | None]
+"""``(user_id, write, refresh)`` of :meth:`UserStore.write_many`."""
+
+
+class UserStore:
+    """Per-user state, history and event ids in Redis."""
+
+    def __init__(self, client: "aioredis.Redis", prefix: str, limits: Limits) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._limits = limits
+        self._apply = client.register_script(script_text(APPLY))
+        self._load = client.register_script(script_text(LOAD))
+
+    @property
+    def max_len(self) -> int:
+        """Recent items kept per user (the history list is trimmed to this length)."""
+        return self._limits.max_len
+
+    def keys(self, user_id: str) -> UserKeys:
+        """The (state, history, event-id) keys of ``user_id``, all in one hash slot."""
+        return user_keys(self._prefix, user_id)
+
+    async def load(
+        self, user_id: str, event_id: str | None = None, history: bool = True
+    ) -> Snapshot:
+        """Read the record, the history (if ``history``) and whether ``event_id`` was seen."""
+        args: list[Arg] = ["1" if history else "0", event_id or ""]
+        with telemetry.redis_timer("load"):
+            reply = await self._load(keys=self.keys(user_id), args=args)
+        return snapshot(reply, history)
+
+    async def write(
+        self, user_id: str, write: Write, operation: str = "apply", refresh: bool | None = None
+    ) -> WriteResult:
+        """Run the atomic check-and-write script; nothing changes unless it returns WRITTEN.
+
+        With ``refresh`` set, a conflict's result carries the current record (with the history
+        when ``refresh`` is True), as :meth:`load` would return it without an event id.
+        """
+        args = write_args(write, self._limits, refresh)
+        with telemetry.redis_timer(operation):
+            reply = await self._apply(keys=self.keys(user_id), args=args)
+        return write_result(reply, refresh)
+
+    async def write_many(self, writes: list[PendingWrite]) -> list[WriteResult | RedisError]:
+        """:meth:`write` of each ``(user_id, write, refresh)`` in one non-transactional
+        pipeline (one round trip). A write's own error is returned in its place; a failure of
+        the connection raises (some writes may then have landed: each is atomic on its own)."""
+        calls = [
+            (self.keys(user), write_args(write, self._limits, refresh))
+            for user, write, refresh in writes
+        ]
+        with telemetry.redis_timer("apply"):
+            replies = await self._pipelined(calls)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                # Redis restarted or its scripts were flushed: load the script, resend those.
+                await self._client.script_load(script_text(APPLY))
+                missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+                resent = await self._pipelined([calls[n] for n in missing])
+                for n, reply in zip(missing, resent, strict=True):
+                    replies[n] = reply
+        results: list[WriteResult | RedisError] = []
+        for reply, (_, _, refresh) in zip(replies, writes, strict=True):
+            if isinstance(reply, RedisError):
+                results.append(reply)
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                results.append(write_result(reply, refresh))
+        return results
+
+    async def _pipelined(self, calls: list[tuple[UserKeys, list[Arg]]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    async def delete(self, user_id: str) -> bool:
+        """Forget a user (state, history, event ids); True if anything existed."""
+        with telemetry.redis_timer("delete"):
+            removed = await self._client.delete(*self.keys(user_id))
+        return int(removed) > 0
+
+    async def ping(self) -> bool:
+        with telemetry.redis_timer("ping"):
+            return bool(await self._client.ping())
