@@ -239,13 +239,11 @@ class FoldedLRURec:
         Returns:
             ``(hidden [b, d], new_state [b, *state_shape])``.
         """
-        if torch.is_grad_enabled():  # checked, not always entered: see _without_autograd
-            with torch.no_grad():
-                return self.step(items, state)
-        if not _mkldnn.enabled:  # off for the whole process: nothing to scope
-            return folded_step(self._model, self._folded, items, state)
-        with _onednn_off:
-            return folded_step(self._model, self._folded, items, state)
+        with _without_autograd():
+            if not _mkldnn.enabled:  # off for the whole process: nothing to scope
+                return folded_step(self._model, self._folded, items, state)
+            with _onednn_off:
+                return folded_step(self._model, self._folded, items, state)
 
     def prefill(self, items: Items) -> tuple[Hidden, State]:
         """:meth:`LRURec.prefill` without autograd: ``[b, t]`` → ``(hidden [b, d], state)``."""
@@ -258,7 +256,7 @@ class FoldedLRURec:
             return self._model.score(hidden)
 
     def cold_start_hidden(self) -> Hidden:
-        """Output for a user with no events (one step on item 0 from the zero state), ``[d]``."""
-        padding = torch.zeros(1, dtype=torch.long, device=self._model.item_bias.device)
-        hidden, _ = self.step(padding, self.init_state(1))
-        return hidden[0]
+        """:meth:`LRURec.cold_start_hidden` without autograd, ``[d]`` (computed once at start-up:
+        the reference step is fast enough)."""
+        with _without_autograd():
+            return self._model.cold_start_hidden()
