@@ -1,4 +1,5 @@
-"""``/metrics`` exposes every name of the contract in docs/operator.md (Metrics), and the counters move."""
+"""``/metrics`` exposes every name of the contract in docs/operator.md (Metrics), and the
+counters move."""
 
 import re
 
