@@ -42,14 +42,7 @@ from typing import Any, Protocol, cast
 import redis
 import uvloop
 
-try:
-    from cli.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
-except ImportError:
-    from service.embedded_redis import (  # type: ignore[import-not-found, no-redef, unused-ignore]
-        EmbeddedRedis,
-        free_port,
-        redis_server_binary,
-    )
+from cli.embedded_redis import EmbeddedRedis, free_port, redis_server_binary
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT_DIR = REPO / "service" / "store"
@@ -308,8 +301,8 @@ class GlideClient:
             (lambda: ClusterBatch(is_atomic=False)) if cluster else (lambda: Batch(is_atomic=False))
         )
         # glide's Script wrapper is unannotated (its __init__ takes an untyped ``code``).
-        self._load = Script(scripts.load)  # type: ignore[no-untyped-call]
-        self._apply = Script(scripts.apply)  # type: ignore[no-untyped-call]
+        self._load = Script(scripts.load)  # type: ignore[no-untyped-call, unused-ignore]
+        self._apply = Script(scripts.apply)  # type: ignore[no-untyped-call, unused-ignore]
         self._apply_sha = scripts.apply_sha
 
     @classmethod
