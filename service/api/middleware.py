@@ -90,6 +90,10 @@ class BodySizeLimitMiddleware:
 
     A body without Content-Length (chunked) is read up to the limit first and then replayed
     to the app, so the app never sees a truncated body.
+
+    FastAPI's own ``max_body_size`` answers a declared oversized body with a plain-text 413,
+    outside the app's error handlers and this timing middleware; this one answers with the
+    service's JSON error and is counted like every other request.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
