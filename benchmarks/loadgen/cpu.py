@@ -44,9 +44,9 @@ def host_cpu() -> tuple[float, float]:
 def steal_pct(before: tuple[float, float], after: tuple[float, float]) -> float:
     """Share (%) of the host's CPU time stolen between two :func:`host_cpu` readings.
 
-    On a small shared VM the latency tail follows it (benchmarks/RESULTS.md): one worker at
-    3,000 events/s kept p99 within 15 ms almost only in runs with under 0.5 % stolen, so every
-    row reports it next to its latencies.
+    On a small shared VM the latency tail follows it: a run with a few percent stolen has a p99
+    several times that of a quiet one at the same rate, so every row reports it next to its
+    latencies.
     """
     total = after[1] - before[1]
     return round(100 * (after[0] - before[0]) / total, 2) if total > 0 else 0.0

@@ -5,7 +5,7 @@ keeps one worker's concurrent requests for a user from racing at all, in arrival
 store's version check (CAS inside one Lua script) makes writers in other workers or replicas retry
 instead of overwriting. Events of users this worker wrote last are applied in batches
 (service.engine.lane). Model compute runs inline on the event loop: a step plus top-k over 3,416
-items holds it for under a millisecond on one CPU thread (benchmarks/RESULTS.md); a threadpool hop
+items holds it for about 40 µs with the numba backend (benchmarks/RESULTS.md); a threadpool hop
 per event would add overhead without parallelism (one torch thread, small ops that mostly hold the
 GIL).
 """
