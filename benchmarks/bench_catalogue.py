@@ -1,4 +1,4 @@
-"""Issue 5, catalogue scaling: LRURec step + EXACT top-10 at 100k and 1M items, fp32 vs int8.
+"""Catalogue scaling: LRURec step + EXACT top-10 at 100k and 1M items, fp32 vs int8.
 
 Cases, each at batch 1 and 64, timed in alternating rounds (so machine load hits them alike):
 

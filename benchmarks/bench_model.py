@@ -1,4 +1,4 @@
-"""Issue 5 model-level benchmark: LRURec step + top-10 against SASRec recompute, side by side.
+"""Model-level benchmark: LRURec step + top-10 against SASRec recompute, side by side.
 
 Three parts, all in one process:
 

@@ -1,4 +1,4 @@
-"""Issue 6 benchmark: per-event serving cost of RecBLR next to LRURec, in the same run.
+"""Per-event serving cost of RecBLR next to LRURec, in the same run.
 
 One "event" is ``step`` (one item per user) + ``score`` over every item + top-10, with column 0
 (padding) masked, at the production size (d = 64, 2 layers, 3,416 items). The two models are

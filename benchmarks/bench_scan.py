@@ -1,4 +1,4 @@
-"""Issue 2 benchmark: log-depth parallel scan vs the sequential loop, and one serving step.
+"""Log-depth parallel scan vs the sequential loop, and one serving step.
 
 Run:  python -m benchmarks.bench_scan [--threads 2]
 Prints a markdown table; copy it into benchmarks/RESULTS.md with the command.

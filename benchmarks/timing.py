@@ -29,7 +29,7 @@ def repeats_for(
 def machine_probe() -> str:
     """One line on how fast this machine is right now, to read a run's numbers against.
 
-    On a shared VM the same code runs 20-50 % slower in some windows (RESULTS.md, issue 5):
+    On a shared VM the same code runs 20-50 % slower in some windows:
     memory-bound work (batch-1 scoring reads ~1.5 MB from L3) more than GEMMs. The probe times
     one of each, with numpy on the calling thread's BLAS settings: reading 16 MB, and a
     [64, 64] @ [64, 3,416] float32 product (the batch-64 scoring of ML-1M).

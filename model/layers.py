@@ -45,7 +45,7 @@ class LRULayer(nn.Module):
         """The training scan: ``self.scan`` if set, else the loop on CPU and log-depth elsewhere.
 
         On this project's 2-core CPU the fused loop beats the log-depth scan at every measured
-        length (benchmarks/RESULTS.md, issue 2); on a GPU the log-depth scan is the right choice.
+        length (benchmarks/RESULTS.md); on a GPU the log-depth scan is the right choice.
         """
         if self.scan == "parallel" or (self.scan == "auto" and device.type != "cpu"):
             return parallel_scan

@@ -129,8 +129,8 @@ def loop_scan(gates: Tensor, inputs: Tensor, initial: Tensor | None = None) -> T
 
     On a CPU each of the t steps vectorises over b × n, and the loop allocates nothing per level;
     measured at b = 73, t = 200, n = 128 complex (forward + backward) it took 0.06 s against
-    0.29 s for :func:`parallel_scan` on 2 threads, 0.08 s against 0.21 s on 1 thread (training
-    issue 7; whole training steps in benchmarks/RESULTS.md).
+    0.29 s for :func:`parallel_scan` on 2 threads, 0.08 s against 0.21 s on 1 thread (whole
+    training steps in benchmarks/RESULTS.md).
     The log-depth scan stays the choice on GPUs, where the t sequential steps would dominate.
 
     Args / Returns: as :func:`sequential_scan`.
