@@ -1,4 +1,4 @@
-"""loop_scan (the CPU training scan, added for issue 7) against the reference scans."""
+"""loop_scan (the CPU training scan) against the reference scans."""
 
 import pytest
 import torch
