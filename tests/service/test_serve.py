@@ -5,9 +5,6 @@ running after shutdown."""
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,8 +16,8 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.embedded_redis import free_port
 from tests.conftest import REPO
+from tests.service.conftest import Server, lrurec_serve
 
 pytestmark = pytest.mark.slow
 
@@ -33,52 +30,21 @@ DEMO_ITEMS = [
 
 
 @dataclass
-class Server:
-    base_url: str
-    process: subprocess.Popen[bytes]
+class TwoWorkers(Server):
     metrics_dir: Path
 
 
-def wait_ready(server: Server, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.process.poll() is None, "lrurec serve exited during start-up"
-        try:
-            if httpx.get(f"{server.base_url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"lrurec serve not ready within {timeout}s")
-
-
 @pytest.fixture
-def two_workers(tmp_path: Path) -> Iterator[Server]:
+def two_workers(tmp_path: Path) -> Iterator[TwoWorkers]:
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_999999.db").write_bytes(b"stale file of an earlier run")
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LRUREC_")}
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    environment["LRUREC_METRICS_DIR"] = str(metrics_dir)
-    environment["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # the demo artifact is built here
-    port = free_port()
-    command = [
-        sys.executable, "-c", "from cli.main import app; app()", "serve",
-        "--workers", "2", "--port", str(port), "--log-level", "warning", "--no-access-log",
-    ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, env=environment)
-    server = Server(f"http://127.0.0.1:{port}", process, metrics_dir)
-    try:
-        wait_ready(server)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    environment = {
+        "LRUREC_METRICS_DIR": str(metrics_dir),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # the demo artifact is built here
+    }
+    with lrurec_serve("--workers", "2", environment=environment) as server:
+        yield TwoWorkers(server.base_url, server.process, metrics_dir)
 
 
 def post_event(base_url: str, n: int) -> dict[str, object]:
@@ -116,7 +82,9 @@ def redis_processes(root: int) -> list[psutil.Process]:
     return [child for child in children if "redis-server" in child.name()]
 
 
-def test_two_workers_share_redis_and_aggregate_metrics(two_workers: Server, tmp_path: Path) -> None:
+def test_two_workers_share_redis_and_aggregate_metrics(
+    two_workers: TwoWorkers, tmp_path: Path
+) -> None:
     assert not (two_workers.metrics_dir / "counter_999999.db").exists()  # emptied at start
     assert (tmp_path / "cache" / "lrurec" / "demo" / "config.json").is_file()
     embedded = redis_processes(two_workers.process.pid)
@@ -150,7 +118,7 @@ def test_two_workers_share_redis_and_aggregate_metrics(two_workers: Server, tmp_
     assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in embedded)
 
 
-def test_workers_and_redis_end_with_a_killed_supervisor(two_workers: Server) -> None:
+def test_workers_and_redis_end_with_a_killed_supervisor(two_workers: TwoWorkers) -> None:
     """SIGKILL gives `lrurec serve` no chance to stop its workers; the parent-death signal
     each worker asked for at start-up does (else they go on serving, unsupervised)."""
     children = psutil.Process(two_workers.process.pid).children(recursive=True)
