@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.extras import missing_train_extra
+
 logger = logging.getLogger(__name__)
 
 RawSequences = dict[str, list[str]]
@@ -129,8 +131,12 @@ def _check_columns(columns: Iterable[str], source: str) -> None:
 def read_events(path: Path) -> RawSequences:
     """Read a CSV (header row) or Parquet event log."""
     if path.suffix.lower() in {".parquet", ".pq"}:
-        import pyarrow.parquet as pq
-
+        try:
+            import pyarrow.parquet as pq
+        except ModuleNotFoundError:
+            raise DataError(
+                f"{path}: {missing_train_extra('pyarrow', 'reading Parquet')}"
+            ) from None
         try:
             table = pq.read_table(path)
         except Exception as error:  # pyarrow raises several unrelated types for bad files

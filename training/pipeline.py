@@ -29,6 +29,7 @@ from training.evaluate import (
     popularity_scorer,
     recurrent_scorer,
 )
+from training.extras import MissingTrainExtraError
 from training.plot import plot_curve
 from training.trainer import Trainer
 
@@ -134,7 +135,10 @@ def train_artifact(job: TrainJob) -> dict[str, Any]:
     model.eval()
     save_artifact(job.out_dir, model, dataset.item_ids, popularity, metadata)
     (job.out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_curve(result.history, job.out_dir / CURVE_FILE)
+    try:
+        plot_curve(result.history, job.out_dir / CURVE_FILE)
+    except MissingTrainExtraError as error:  # the artifact is complete; the PNG is optional
+        logger.warning("%s; %s not written", error, CURVE_FILE)
     return metrics
 
 

@@ -1,15 +1,23 @@
-"""The validation curve of a run as a PNG (matplotlib, headless)."""
+"""The validation curve of a run as a PNG (matplotlib, headless; the ``train`` extra)."""
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt
+from training.extras import missing_train_extra
 
 
 def plot_curve(history: list[dict[str, float]], path: Path) -> None:
-    """Validation Recall@10 and NDCG@10 against training minutes (top axis: steps)."""
+    """Validation Recall@10 and NDCG@10 against training minutes (top axis: steps).
+
+    Raises:
+        MissingTrainExtraError: matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+    except ModuleNotFoundError as error:
+        raise missing_train_extra("matplotlib", "plotting the training curve") from error
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
     figure, axis = plt.subplots(figsize=(7, 4))
     minutes = [point["seconds"] / 60 for point in history]
     for metric in ("recall@10", "ndcg@10"):

@@ -1,5 +1,5 @@
 """docker-compose.yml: accepted by a real compose parser (docker-compose 1.29, offline) and wired
-as the issue asks: durable Redis, a health-gated service, Prometheus/Grafana from deploy/, training.
+as the stack needs: durable Redis, a health-gated service, Prometheus/Grafana, training.
 """
 
 import os
