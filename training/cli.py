@@ -97,14 +97,25 @@ def train(
     n_layers: Annotated[int, typer.Option(help="Number of blocks.")] = 2,
     dropout: Annotated[float, typer.Option(help="Dropout (paper grid 0.2-0.8).")] = 0.2,
     max_len: Annotated[int, typer.Option(help="Maximum input length (ML-1M: 200).")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Windows per batch at the mean length.")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, eps 1e-9).")] = 1e-3,
-    schedule: Annotated[str, typer.Option(help="constant or cosine.")] = "constant",
+    batch_size: Annotated[int, typer.Option(help="Windows per batch at the mean length.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, eps 1e-9).")] = 2e-3,
+    schedule: Annotated[
+        str, typer.Option(help="cosine (to 1 % of the peak over the budget) or constant.")
+    ] = "cosine",
     schedule_by: Annotated[
-        str, typer.Option(help="Cosine horizon: steps (deterministic) or time (max-minutes).")
-    ] = "steps",
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (paper grid).")] = 0.01,
+        str,
+        typer.Option(
+            help="Cosine horizon: time (--max-minutes), steps (--max-steps, else "
+            "--horizon-epochs; deterministic), or auto: time when --max-minutes is given."
+        ),
+    ] = "auto",
+    horizon_epochs: Annotated[
+        int, typer.Option(help="Epochs the cosine spans when no step or time budget is given.")
+    ] = 40,
+    warmup_steps: Annotated[
+        int, typer.Option(help="Linear warm-up steps (at most a tenth of a step horizon).")
+    ] = 200,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     max_epochs: Annotated[int, typer.Option(help="Stop after this many epochs.")] = 500,
     max_minutes: Annotated[
@@ -134,7 +145,8 @@ def train(
             batch_size=batch_size,
             lr=lr,
             schedule=_literal(schedule, ("constant", "cosine"), "--schedule"),
-            schedule_by=_literal(schedule_by, ("steps", "time"), "--schedule-by"),
+            schedule_by=_literal(schedule_by, ("auto", "steps", "time"), "--schedule-by"),
+            horizon_epochs=horizon_epochs,
             warmup_steps=warmup_steps,
             weight_decay=weight_decay,
             max_steps=max_steps,

@@ -73,18 +73,31 @@ def build_optimizer(model: RecurrentRecommender, config: TrainConfig) -> torch.o
     return torch.optim.AdamW(groups, lr=config.lr, eps=config.adam_eps)
 
 
-def learning_rate(config: TrainConfig, step: int, seconds: float) -> float:
+def schedule_horizon(config: TrainConfig, steps_per_epoch: int) -> tuple[str, float]:
+    """What the cosine spans: ``("time", seconds)`` or ``("steps", steps)``."""
+    by = config.schedule_by
+    if by == "auto":
+        by = "time" if config.max_minutes else "steps"
+    if by == "time":
+        if not config.max_minutes:
+            raise ValueError("schedule_by=time needs max_minutes")
+        return "time", config.max_minutes * 60
+    if config.max_steps:
+        return "steps", float(config.max_steps)
+    return "steps", float(min(config.horizon_epochs, config.max_epochs) * steps_per_epoch)
+
+
+def learning_rate(config: TrainConfig, step: int, seconds: float, steps_per_epoch: int) -> float:
     """Linear warm-up, then constant or cosine decay over the step or time budget."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+    unit, horizon = schedule_horizon(config, steps_per_epoch)
+    # A short step horizon (small data) keeps most of its steps after warm-up.
+    warmup = config.warmup_steps if unit == "time" else min(config.warmup_steps, int(horizon) // 10)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
     if config.schedule == "constant":
         return config.lr
-    if config.schedule_by == "time" and config.max_minutes:
-        progress = seconds / (config.max_minutes * 60)
-    elif config.max_steps:
-        progress = (step - config.warmup_steps) / max(config.max_steps - config.warmup_steps, 1)
-    else:
-        raise ValueError("a cosine schedule needs max_steps (or max_minutes with schedule_by=time)")
+    elapsed = seconds if unit == "time" else step - warmup
+    progress = elapsed / (horizon if unit == "time" else max(horizon - warmup, 1.0))
     cosine = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
@@ -118,6 +131,7 @@ class Trainer:
         self.max_len = model.config.max_len
         self.windows: Windows = make_windows(split.train, self.max_len)
         self.lengths = self.windows.lengths
+        self.steps_per_epoch = len(bucket_batches(self.lengths, config.batch_size, 0))
         self.optimizer = build_optimizer(model, config)
         self.state = LoopState()
         self.started = time.monotonic()
@@ -181,7 +195,7 @@ class Trainer:
     def train_step(self, batch: np.ndarray) -> float:
         inputs, labels = collate(self.windows, batch)
         device = self.config.device
-        lr = learning_rate(self.config, self.state.step, self.elapsed())
+        lr = learning_rate(self.config, self.state.step, self.elapsed(), self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss = next_item_loss(self.model, inputs.to(device), labels.to(device))
@@ -221,8 +235,7 @@ class Trainer:
         self.model.train()
         if not self.state.history:
             self.record_validation()  # step 0, as the official code does
-        steps_per_epoch = len(bucket_batches(self.lengths, self.config.batch_size, 0))
-        total = self.config.max_steps or steps_per_epoch * self.config.max_epochs
+        total = self.config.max_steps or self.steps_per_epoch * self.config.max_epochs
         # Redirected to a log file, a bar refreshed every 0.1 s would flood it.
         interval = 0.1 if sys.stderr.isatty() else 60.0
         bar = tqdm(

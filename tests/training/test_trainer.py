@@ -96,14 +96,31 @@ def test_weight_decay_skips_biases_and_norms(tiny_train_config: TrainConfig) -> 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor() -> None:
     config = TrainConfig(lr=1e-3, schedule="cosine", warmup_steps=10, max_steps=110)
-    assert learning_rate(config, 0, 0.0) == pytest.approx(1e-4)
-    assert learning_rate(config, 10, 0.0) == pytest.approx(1e-3)
-    assert learning_rate(config, 60, 0.0) == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
-    assert learning_rate(config, 110, 0.0) == pytest.approx(1e-5)
-    timed = config.model_copy(update={"schedule_by": "time", "max_minutes": 1.0})
-    assert learning_rate(timed, 50, 60.0) == pytest.approx(1e-5)
-    with pytest.raises(ValueError, match="needs max_steps"):
-        learning_rate(TrainConfig(schedule="cosine"), 5, 0.0)
+    assert learning_rate(config, 0, 0.0, steps_per_epoch=7) == pytest.approx(1e-4)
+    assert learning_rate(config, 10, 0.0, steps_per_epoch=7) == pytest.approx(1e-3)
+    assert learning_rate(config, 60, 0.0, steps_per_epoch=7) == pytest.approx(
+        1e-3 * (0.01 + 0.99 * 0.5)
+    )
+    assert learning_rate(config, 110, 0.0, steps_per_epoch=7) == pytest.approx(1e-5)
+    timed = config.model_copy(update={"max_minutes": 1.0})  # auto: the clock wins
+    assert learning_rate(timed, 50, 60.0, steps_per_epoch=7) == pytest.approx(1e-5)
+    by_steps = timed.model_copy(update={"schedule_by": "steps"})
+    assert learning_rate(by_steps, 110, 60.0, steps_per_epoch=7) == pytest.approx(1e-5)
+    with pytest.raises(ValueError, match="needs max_minutes"):
+        learning_rate(TrainConfig(schedule_by="time"), 5, 0.0, steps_per_epoch=7)
+
+
+def test_without_a_budget_the_cosine_spans_horizon_epochs_and_warmup_shrinks() -> None:
+    config = TrainConfig(horizon_epochs=5, warmup_steps=200)  # 5 epochs x 40 steps = 200 steps
+    # Warm-up is capped at a tenth of the 200-step horizon: 20 steps, not all 200.
+    assert learning_rate(config, 19, 0.0, steps_per_epoch=40) == pytest.approx(config.lr)
+    middle = 20 + (200 - 20) // 2
+    assert learning_rate(config, middle, 0.0, steps_per_epoch=40) == pytest.approx(
+        config.lr * (0.01 + 0.99 * 0.5)
+    )
+    assert learning_rate(config, 200, 0.0, steps_per_epoch=40) == pytest.approx(config.lr * 0.01)
+    # A longer epoch stretches the same schedule.
+    assert learning_rate(config, 200, 0.0, steps_per_epoch=400) > 0.9 * config.lr
 
 
 @pytest.mark.parametrize("model_type", sorted(MODELS))
