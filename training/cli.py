@@ -2,8 +2,9 @@
 
 import json
 import logging
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -130,7 +131,10 @@ def train(
 ) -> None:
     """Train a model on an event log and write a serving artifact to --out.
 
-    Re-running the same command resumes from the last checkpoint in --out/checkpoints.
+    The defaults are the best recipe measured on MovieLens-1M; give --max-minutes and the cosine
+    follows the clock. Re-running the same command resumes from the last checkpoint in
+    --out/checkpoints. For several processes (data parallel, gloo on CPU, nccl on GPU):
+    torchrun --standalone --nproc-per-node 2 -m cli train ...
     """
     _setup_logging()
     try:
@@ -161,12 +165,14 @@ def train(
     except ValidationError as error:
         typer.secho(f"error: invalid option: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
-    with _log_to(out / "train.log"):
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 logs and reports
+    with _log_to(out / "train.log") if main else nullcontext():
         dataset = _load(data, data_format, min_count)
         source = f"{data_format.value}:{data}"
         metrics = train_artifact(TrainJob(dataset, config, out, source, show_progress=not quiet))
-    typer.echo(f"artifact written to {out} ({metrics['steps']} steps)")
-    _echo_table(metrics)
+    if main:
+        typer.echo(f"artifact written to {out} ({metrics['steps']} steps)")
+        _echo_table(metrics)
 
 
 def _literal(value: str, allowed: tuple[str, ...], option: str) -> Any:

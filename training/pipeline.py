@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from model import RecurrentRecommender, load_artifact, save_artifact
 from model.registry import build_model
+from training import distributed
 from training.config import TrainConfig
 from training.data import (
     Dataset,
@@ -95,19 +96,30 @@ def build(config: TrainConfig, n_items: int) -> RecurrentRecommender:
 
 
 def train_artifact(job: TrainJob) -> dict[str, Any]:
-    """Train (resuming from ``out_dir/checkpoints`` if present), test and write the artifact."""
-    config, dataset = job.config, job.dataset
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    split = split_leave_one_out(dataset.sequences)
-    short = int((split.test == 0).sum())
-    if short:
-        logger.info("%d users have fewer than 3 events: trained on, not evaluated", short)
-    model = build(config, dataset.n_items)
-    trainer = Trainer(model, split, config, job.out_dir / CHECKPOINT_DIR)
-    trainer.resume()
-    started = time.monotonic()
-    result = trainer.fit(show_progress=job.show_progress)
+    """Train (resuming from ``out_dir/checkpoints`` if present), test and write the artifact.
+
+    Under ``torchrun`` every rank trains; only rank 0 tests and writes, and the other ranks
+    return ``{"steps": ...}`` alone.
+    """
+    dataset = job.dataset
+    ranks = distributed.from_environment(job.config.device)
+    try:
+        config = job.config.model_copy(update={"device": ranks.device(job.config.device)})
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        split = split_leave_one_out(dataset.sequences)
+        short = int((split.test == 0).sum())
+        if short and ranks.is_main:
+            logger.info("%d users have fewer than 3 events: trained on, not evaluated", short)
+        model = build(config, dataset.n_items)
+        trainer = Trainer(model, split, config, job.out_dir / CHECKPOINT_DIR, job=ranks)
+        trainer.resume()
+        started = time.monotonic()
+        result = trainer.fit(show_progress=job.show_progress)
+    finally:
+        distributed.shutdown(ranks)
+    if not ranks.is_main:
+        return {"steps": result.steps}
     max_len = model.config.max_len
     tests = held_out_metrics(model, split, max_len, config.device)
     metrics: dict[str, Any] = {

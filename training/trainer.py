@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from model import RecurrentRecommender
@@ -25,6 +26,7 @@ from training import checkpoint
 from training.batching import Windows, bucket_batches, collate, make_windows
 from training.config import TrainConfig
 from training.data import Split
+from training.distributed import Distributed
 from training.evaluate import Protocol, evaluate, last_position_scorer
 
 logger = logging.getLogger(__name__)
@@ -102,16 +104,30 @@ def learning_rate(config: TrainConfig, step: int, seconds: float, steps_per_epoc
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def next_item_loss(model: RecurrentRecommender, inputs: Tensor, labels: Tensor) -> Tensor:
-    """Token-mean cross-entropy over all items at every labelled position.
+class NextItemLoss(nn.Module):
+    """Summed cross-entropy over all items at every labelled position.
 
-    Args:
-        inputs, labels: ``LongTensor[b, L]``, left-padded; label 0 means "no target".
+    A module, so DistributedDataParallel can wrap the whole forward pass (embedding, blocks and
+    output layer) and synchronise every gradient.
     """
-    hidden = model(inputs)  # [b, L, d]
-    targets = labels > 0
-    logits = model.score(hidden[targets])  # [N, v]: only where there is a target
-    return F.cross_entropy(logits, labels[targets])
+
+    def __init__(self, model: RecurrentRecommender) -> None:
+        super().__init__()
+        self.model = cast(nn.Module, model)
+
+    def forward(self, inputs: Tensor, labels: Tensor) -> Tensor:
+        """Args: ``inputs``, ``labels``: ``LongTensor[b, L]``, left-padded; label 0: no target."""
+        hidden: Tensor = self.model(inputs)  # [b, L, d]
+        targets = labels > 0
+        recommender = cast(RecurrentRecommender, self.model)
+        logits = recommender.score(hidden[targets])  # [N, v]: only where there is a target
+        return F.cross_entropy(logits, labels[targets], reduction="sum")
+
+
+def next_item_loss(model: RecurrentRecommender, inputs: Tensor, labels: Tensor) -> Tensor:
+    """Token-mean cross-entropy over all items at every labelled position."""
+    summed: Tensor = NextItemLoss(model)(inputs, labels)
+    return summed / (labels > 0).sum()
 
 
 class Trainer:
@@ -124,8 +140,11 @@ class Trainer:
         config: TrainConfig,
         checkpoint_dir: Path,
         on_validation: Callable[[dict[str, float]], None] | None = None,
+        job: Distributed | None = None,
     ) -> None:
         self.model, self.split, self.config = model, split, config
+        self.job = job or Distributed()
+        self.loss = self.wrap(NextItemLoss(model))
         self.checkpoint_dir = checkpoint_dir
         self.on_validation = on_validation
         self.max_len = model.config.max_len
@@ -136,6 +155,28 @@ class Trainer:
         self.state = LoopState()
         self.started = time.monotonic()
         self.seconds_at_start = 0.0
+        self.clock = 0.0
+        """Rank 0's elapsed seconds as of the last :meth:`sync` (drives schedule and budget)."""
+        self.loss_total, self.loss_steps = 0.0, 0
+        self.seed_dropout()
+
+    def wrap(self, loss: NextItemLoss) -> nn.Module:
+        if not self.job.enabled:
+            return loss
+        on_gpu = self.config.device.startswith("cuda")
+        ids = [self.job.local_rank] if on_gpu else None
+        return DistributedDataParallel(loss, device_ids=ids)
+
+    def seed_dropout(self) -> None:
+        """Other ranks draw their own dropout masks; rank 0 keeps the single-process stream."""
+        if self.job.rank > 0:
+            torch.manual_seed(self.config.seed + 7919 * self.job.rank + self.state.step)
+
+    def sync(self) -> None:
+        """Every rank takes rank 0's clock and stop decision, so schedules and stops agree."""
+        stop = float(self.state.stopped_early)
+        clock, stop = self.job.broadcast_from_main([self.elapsed(), stop])
+        self.clock, self.state.stopped_early = clock, bool(stop)
 
     def elapsed(self) -> float:
         return self.seconds_at_start + time.monotonic() - self.started
@@ -148,6 +189,7 @@ class Trainer:
         self.state = LoopState(**loop)
         self.seconds_at_start = self.state.seconds
         self.started = time.monotonic()
+        self.seed_dropout()
         logger.info("resumed from %s at step %d", last, self.state.step)
         return True
 
@@ -168,6 +210,9 @@ class Trainer:
         metrics = self.validate()
         state = self.state
         point = {"step": float(state.step), "seconds": self.elapsed(), **metrics}
+        if self.loss_steps:  # mean training loss since the previous validation
+            point["train_loss"] = self.loss_total / self.loss_steps
+            self.loss_total, self.loss_steps = 0.0, 0
         state.history.append(point)
         if metrics[SELECTION_METRIC] > state.best_metric:
             state.best_metric, state.best_step = metrics[SELECTION_METRIC], state.step
@@ -190,21 +235,28 @@ class Trainer:
             return False
         if config.max_steps is not None and state.step >= config.max_steps:
             return False
-        return config.max_minutes is None or self.elapsed() < config.max_minutes * 60
+        return config.max_minutes is None or self.clock < config.max_minutes * 60
 
     def train_step(self, batch: np.ndarray) -> float:
-        inputs, labels = collate(self.windows, batch)
-        device = self.config.device
-        lr = learning_rate(self.config, self.state.step, self.elapsed(), self.steps_per_epoch)
+        """One optimiser step on a global batch; returns its token-mean loss (all ranks)."""
+        job, device = self.job, self.config.device
+        inputs, labels = collate(self.windows, job.rows(batch))
+        n_targets = int(self.lengths[batch].sum())  # every window position holds a target
+        lr = learning_rate(self.config, self.state.step, self.clock, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss = next_item_loss(self.model, inputs.to(device), labels.to(device))
+        summed: Tensor = self.loss(inputs.to(device), labels.to(device))
+        weight = job.weight(batch)
+        # DDP averages gradients over ranks: scaling by world makes it the global token mean.
+        loss = summed * (weight * job.world / n_targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         nn.utils.clip_grad_norm_(list(self.model.parameters()), self.config.clip_norm)
         self.optimizer.step()
         self.state.step += 1
-        return float(loss.item())
+        mean = job.sum(float(summed.item()) * weight) / n_targets
+        self.loss_total, self.loss_steps = self.loss_total + mean, self.loss_steps + 1
+        return mean
 
     def run_epoch(self, progress: tqdm) -> None:
         state, config = self.state, self.config
@@ -216,9 +268,10 @@ class Trainer:
             progress.set_postfix(
                 loss=f"{loss:.3f}", epoch=state.epoch, refresh=False, **self.last_metrics()
             )
-            if state.step % config.eval_every == 0:
+            if state.step % config.eval_every == 0 and self.job.is_main:
                 self.record_validation()
                 self.save()
+            self.sync()
             if not self.budget_left():
                 return
         state.epoch += 1
@@ -231,23 +284,32 @@ class Trainer:
         return {"val_r10": f"{last['recall@10']:.4f}", "val_n10": f"{last['ndcg@10']:.4f}"}
 
     def fit(self, show_progress: bool = True) -> FitResult:
-        """Train until a budget runs out or validation stops improving; load the best weights."""
+        """Train until a budget runs out or validation stops improving; load the best weights.
+
+        Under ``torchrun`` only rank 0 validates, saves and loads the best weights.
+        """
+        main = self.job.is_main
         self.model.train()
-        if not self.state.history:
+        if main and not self.state.history:
             self.record_validation()  # step 0, as the official code does
         total = self.config.max_steps or self.steps_per_epoch * self.config.max_epochs
         # Redirected to a log file, a bar refreshed every 0.1 s would flood it.
         interval = 0.1 if sys.stderr.isatty() else 60.0
         bar = tqdm(
-            total=total, initial=self.state.step, disable=not show_progress, mininterval=interval
+            total=total,
+            initial=self.state.step,
+            disable=not (show_progress and main),
+            mininterval=interval,
         )
+        self.sync()
         with bar as progress:
             while self.budget_left():
                 self.run_epoch(progress)
-        if not self.state.history or self.state.history[-1]["step"] != self.state.step:
-            self.record_validation()
-        self.save()
-        checkpoint.load_best(self.checkpoint_dir, self.model)
+        if main:
+            if not self.state.history or self.state.history[-1]["step"] != self.state.step:
+                self.record_validation()
+            self.save()
+            checkpoint.load_best(self.checkpoint_dir, self.model)
         cast(nn.Module, self.model).to(self.config.device)
         self.model.eval()
         state = self.state
