@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limit_threads(settings.torch_threads)  # here, not in the lifespan: see limit_threads
     app = FastAPI(title="LRURec service", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    install_error_handlers(app)
+    install_error_handlers(app, router.routes)  # the routes name a 405's allowed methods
     app.include_router(router)
     # The last middleware added is the outermost: time everything, including 413s.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -36,7 +36,7 @@ class Event(BaseModel):
         default=None, description="Idempotency key: an event id seen before is not applied again."
     )
     timestamp: float | None = Field(
-        default=None, ge=0, allow_inf_nan=False,
+        default=None, ge=0, allow_inf_nan=False, strict=True,  # strict: no true/false, no "1"
         description="Client time (unix seconds, a number); informational.",
     )  # fmt: skip
 
@@ -96,3 +96,11 @@ class Health(BaseModel):
     status: Literal["ok", "ready", "not_ready"]
     model_version: str | None = None
     redis: bool | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a machine-readable kind and a message naming the cause (validation
+    errors add ``detail``, batch failures ``results``)."""
+
+    error: str = Field(examples=["validation", "redis_unavailable", "not_found"])
+    message: str

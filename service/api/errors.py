@@ -2,7 +2,8 @@
 a client or Redis can cause."""
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
 
 from service import telemetry
 from service.errors import REDIS_DOWN_MESSAGE, ServiceError
@@ -26,12 +28,16 @@ client's doing, so a 4xx in the metrics, not a server error."""
 
 
 def error_response(
-    status_code: int, kind: str, message: str, extra: dict[str, Any] | None = None
+    status_code: int,
+    kind: str,
+    message: str,
+    extra: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     """The JSON error body every failure uses; counts it in ``lrurec_errors_total``."""
     telemetry.ERRORS.labels(kind).inc()
     body = orjson.dumps({"error": kind, "message": message, **(extra or {})})
-    headers = {"Retry-After": "1"} if status_code == 503 else None
+    headers = {**(headers or {}), **({"Retry-After": "1"} if status_code == 503 else {})}
     return Response(body, status_code=status_code, media_type="application/json", headers=headers)
 
 
@@ -77,7 +83,7 @@ async def _redis_error(_: Request, exc: Exception) -> Response:
     return error_response(503, "redis_error", f"Redis refused the operation: {exc}")
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception, routes: Sequence[BaseRoute]) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ClientDisconnect):
         return client_left()
@@ -90,7 +96,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
         exc.status_code, "http"
     )
-    return error_response(exc.status_code, kind, str(exc.detail))
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": allowed_methods(routes, request)}
+    return error_response(exc.status_code, kind, str(exc.detail), headers=headers)
+
+
+def allowed_methods(routes: Sequence[BaseRoute], request: Request) -> str:
+    """Every method the request's path answers to, for a 405's ``Allow`` (RFC 9110).
+
+    Starlette names only the first route that matched the path, while ``/users/{id}`` has a
+    GET and a DELETE route.
+    """
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches({**request.scope, "method": ""})
+        if match is not Match.NONE and isinstance(route, Route):
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
 
 
 async def _internal_error(_: Request, exc: Exception) -> Response:
@@ -98,11 +121,12 @@ async def _internal_error(_: Request, exc: Exception) -> Response:
     return error_response(500, "internal", "internal error; see the service log")
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map domain, validation, HTTP and Redis errors to JSON responses."""
+def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute] = ()) -> None:
+    """Map domain, validation, HTTP and Redis errors to JSON responses; a 405 lists the methods
+    of ``routes`` that match its path."""
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(StarletteHTTPException, partial(_http_error, routes=routes))
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
     app.add_exception_handler(RedisError, _redis_error)

@@ -1,6 +1,6 @@
 """HTTP routes: validate, call the engine, return; errors are mapped in service.api.errors."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ from service.schemas import (
     USER_ID_PATTERN,
     BatchResult,
     Deleted,
+    ErrorBody,
     Event,
     EventBatch,
     EventResult,
@@ -30,6 +31,22 @@ from service.telemetry import render_metrics
 
 router = APIRouter()
 
+ERROR_DESCRIPTIONS = {
+    401: "Missing or wrong X-API-Key header (when LRUREC_API_KEY is set).",
+    404: "Not found: a user with no stored events, or a path that names no user id (one "
+    "with a line break in it does not reach the route).",
+    413: "Body larger than LRUREC_MAX_BODY_BYTES.",
+    422: "Invalid body or query; the message names the field.",
+    503: "Redis unavailable or too many concurrent writers for a user; retry after the "
+    "Retry-After header's seconds.",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give (all shaped as ErrorBody)."""
+    return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
 # Routes take ``{user_id:path}``: an id may contain "/" (events carry any id without control
 # characters), and such a user must stay readable and deletable.
 UserId = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, pattern=USER_ID_PATTERN)]
@@ -38,8 +55,7 @@ ExcludeSeen = Annotated[bool, Query(description="Leave out the user's recent ite
 
 @router.post(
     "/events", response_model=EventResult, response_model_exclude_none=True,
-    dependencies=[WriteAccess], tags=["events"],
-    responses={422: {"description": "Invalid body or query; the message names the field."}},
+    dependencies=[WriteAccess], tags=["events"], responses=errors(401, 413, 422, 503),
 )  # fmt: skip
 async def post_event(
     event: Event, engine: EngineDep,
@@ -56,8 +72,9 @@ async def post_event(
 
 
 @router.post(
-    "/events/batch", response_model_exclude_none=True, dependencies=[WriteAccess], tags=["events"]
-)
+    "/events/batch", response_model_exclude_none=True, dependencies=[WriteAccess], tags=["events"],
+    responses=errors(401, 413, 422, 503),
+)  # fmt: skip
 async def post_events_batch(
     batch: EventBatch, engine: EngineDep,
     k: Annotated[int, Query(ge=0, le=MAX_K, description="Top-k per event; 0 = none.")] = 0,
@@ -78,7 +95,9 @@ async def post_events_batch(
     return BatchResult(results=results)
 
 
-@router.get("/recommendations/{user_id:path}", tags=["recommendations"])
+@router.get(
+    "/recommendations/{user_id:path}", tags=["recommendations"], responses=errors(404, 422, 503)
+)
 async def get_recommendations(
     user_id: UserId, engine: EngineDep,
     k: Annotated[int | None, Query(ge=1, le=MAX_K, description="Items to return.")] = None,
@@ -90,13 +109,19 @@ async def get_recommendations(
     )
 
 
-@router.get("/users/{user_id:path}", dependencies=[WriteAccess], tags=["users"])
+@router.get(
+    "/users/{user_id:path}", dependencies=[WriteAccess], tags=["users"],
+    responses=errors(401, 404, 422, 503),
+)  # fmt: skip
 async def get_user(user_id: UserId, engine: EngineDep) -> UserInfo:
     """A user's event counts, recent items, state model version and last update."""
     return await engine.user_info(user_id)
 
 
-@router.delete("/users/{user_id:path}", dependencies=[WriteAccess], tags=["users"])
+@router.delete(
+    "/users/{user_id:path}", dependencies=[WriteAccess], tags=["users"],
+    responses=errors(401, 404, 422, 503),
+)  # fmt: skip
 async def delete_user(user_id: UserId, engine: EngineDep) -> Deleted:
     """Forget a user: state, recent items and event ids."""
     return Deleted(user_id=user_id, deleted=await engine.delete_user(user_id))

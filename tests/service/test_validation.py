@@ -28,6 +28,8 @@ GOOD = {"user_id": "u1", "item_id": "item-1"}
         ({**GOOD, "user_id": "bad\nid"}, "body.user_id"),
         ({**GOOD, "user_id": 17}, "body.user_id"),
         ({**GOOD, "timestamp": "yesterday"}, "body.timestamp"),
+        ({**GOOD, "timestamp": "1700000000"}, "body.timestamp"),
+        ({**GOOD, "timestamp": False}, "body.timestamp"),
         ({**GOOD, "timestamp": -1}, "body.timestamp"),
         ({**GOOD, "colour": "red"}, "body.colour"),
     ],
@@ -134,6 +136,13 @@ def test_unknown_route_and_wrong_method_are_json_4xx(client: TestClient) -> None
     wrong = client.put("/events", json=GOOD)
     assert wrong.status_code == 405
     assert wrong.json()["error"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"
+
+
+def test_method_not_allowed_names_every_method_of_the_path(client: TestClient) -> None:
+    response = client.put("/users/u1")  # GET and DELETE are two routes on this path
+    assert response.status_code == 405
+    assert response.headers["allow"] == "DELETE, GET"
 
 
 def test_unknown_user_info_is_404(client: TestClient) -> None:
