@@ -5,6 +5,7 @@ shared by every worker) and stopped on exit; without ``--artifact``/``LRUREC_ART
 demo artifact is built (seconds) and served.
 """
 
+import asyncio
 import os
 import tempfile
 from contextlib import ExitStack
@@ -22,6 +23,7 @@ from cli.parent_death import SUPERVISOR_PID_ENV, end_worker_with_supervisor
 from model.artifact import missing_files
 from service.app import create_app
 from service.settings import get_settings
+from service.store import TopologyMismatchError, check_topology, create_redis
 from service.telemetry import prepare_multiprocess_dir
 
 APP_FACTORY = "cli.serve_command:worker_app"
@@ -66,6 +68,23 @@ def _check_redis_url(url: str) -> None:
         raise typer.BadParameter(str(error), param_hint="--redis-url / LRUREC_REDIS_URL") from None
 
 
+async def _check_topology(url: str, cluster: bool) -> None:
+    client = create_redis(url, timeout_seconds=2.0, retries=0, max_connections=2, cluster=cluster)
+    try:
+        await check_topology(client, cluster)
+    finally:
+        await client.aclose()
+
+
+def _checked_topology(url: str, cluster: bool) -> None:
+    """Stop here, once, when ``--redis-cluster`` disagrees with the node (not as a traceback
+    from every worker's start-up)."""
+    try:
+        asyncio.run(_check_topology(url, cluster))
+    except TopologyMismatchError as error:
+        raise typer.BadParameter(str(error), param_hint="--redis-cluster / --redis-url") from None
+
+
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
@@ -89,6 +108,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    redis_cluster: Annotated[
+        bool | None,
+        typer.Option(
+            "--redis-cluster/--no-redis-cluster",
+            help="The Redis URL names a node of a Redis Cluster. Default: LRUREC_REDIS_CLUSTER "
+            "(false).",
+            show_default=False,
+        ),
+    ] = None,
     log_level: Annotated[LogLevel, typer.Option(help="uvicorn log level.")] = LogLevel.INFO,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
@@ -102,13 +130,24 @@ def serve(
     artifact = _checked_artifact(artifact or settings.artifact or _demo_artifact())
     with ExitStack() as stack:
         url = redis_url or settings.redis_url
+        cluster = settings.redis_cluster if redis_cluster is None else redis_cluster
         if url is not None:
             _check_redis_url(url)
+            _checked_topology(url, cluster)
+        elif cluster:
+            raise typer.BadParameter(
+                "a Redis Cluster needs --redis-url (or LRUREC_REDIS_URL) naming one of its nodes",
+                param_hint="--redis-cluster",
+            )
         else:
             url = stack.enter_context(EmbeddedRedis()).url
             typer.echo(f"embedded redis-server on {url} (stopped on exit; nothing persisted)")
         # Workers are fresh processes: they read their settings from the environment.
-        environment = {"LRUREC_ARTIFACT": str(artifact.resolve()), "LRUREC_REDIS_URL": url}
+        environment = {
+            "LRUREC_ARTIFACT": str(artifact.resolve()),
+            "LRUREC_REDIS_URL": url,
+            "LRUREC_REDIS_CLUSTER": str(cluster).lower(),
+        }
         if workers > 1:
             metrics_dir = settings.metrics_dir or Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="lrurec-metrics-"))

@@ -19,7 +19,7 @@ from service.engine.engine import Engine
 from service.runtimes.quantized import with_quantized_scoring
 from service.runtimes.registry import build_backend
 from service.settings import Settings, get_settings
-from service.store import Limits, UserStore, create_redis
+from service.store import Limits, UserStore, check_topology, create_redis
 
 logger = logging.getLogger("service")
 
@@ -58,9 +58,10 @@ async def build_engine(settings: Settings, stack: AsyncExitStack) -> tuple[Engin
     stepper = with_quantized_scoring(stepper, artifact, settings)  # large catalogues: exact int8
     client = create_redis(
         settings.redis_url, settings.redis_timeout_seconds, settings.redis_retries,
-        settings.redis_max_connections,
+        settings.redis_max_connections, settings.redis_cluster,
     )  # fmt: skip
     stack.push_async_callback(client.aclose)
+    await check_topology(client, settings.redis_cluster)
     max_len = int(artifact.config.get("max_len", artifact.model.config.max_len))
     limits = Limits(max_len, settings.max_event_ids, settings.user_ttl_seconds)
     store = UserStore(client, settings.key_prefix, limits)

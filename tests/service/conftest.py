@@ -20,14 +20,16 @@ from fastapi.testclient import TestClient
 from cli.embedded_redis import free_port
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import REPO, TINY_N_ITEMS
+from tests.conftest import REPO, TINY_N_ITEMS, RedisTarget
 
 ClientFactory = Callable[..., AbstractContextManager[TestClient]]
 
 
 @pytest.fixture
-def settings(tiny_artifact: Path, redis_url: str) -> Settings:
-    return Settings(artifact=tiny_artifact, redis_url=redis_url)
+def settings(tiny_artifact: Path, redis_target: RedisTarget) -> Settings:
+    return Settings(
+        artifact=tiny_artifact, redis_url=redis_target.url, redis_cluster=redis_target.cluster
+    )
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from tests.service.conftest import ClientFactory
 from tests.service.offline import load_model, stepped, stored_state, top_k
 
+pytestmark = pytest.mark.redis_topologies
+
 
 def post(client: TestClient, user: str, item: str, **params: object) -> dict[str, object]:
     response = client.post("/events", json={"user_id": user, "item_id": item}, params=params)

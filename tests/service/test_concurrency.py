@@ -4,12 +4,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from tests.metrics import sample
 from tests.service.conftest import ClientFactory
 from tests.service.offline import load_model, stepped, stored_state
+
+pytestmark = pytest.mark.redis_topologies
 
 
 def fire(clients: list[TestClient], user: str, n_events: int) -> list[dict[str, object]]:

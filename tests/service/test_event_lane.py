@@ -10,13 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from service.engine.engine import Engine
 from service.runtimes.protocol import Exclusion, FloatArray, IndexArray, Stepper
 from service.schemas import Event
 from service.settings import Settings
+from tests.conftest import RedisTarget
 from tests.metrics import sample
 from tests.service.engines import started_engine
+
+pytestmark = pytest.mark.redis_topologies
 
 Script = list[list[tuple[Event, int, bool]]]
 """Rounds of ``(event, k, exclude_seen)``; a round's events are applied concurrently."""
@@ -75,7 +79,7 @@ async def _applied(engine: Engine, script: Script) -> list[dict[str, Any]]:
     return answers
 
 
-def _run(settings: Settings, redis_url: str, script: Script) -> tuple[list[Any], RecordingStepper]:
+def _run(settings: Settings, script: Script) -> tuple[list[Any], RecordingStepper]:
     async def main() -> tuple[list[Any], RecordingStepper]:
         engine, close = await started_engine(settings)
         recording = RecordingStepper(engine.stepper)
@@ -132,7 +136,10 @@ def _assert_same_records(lane: dict[str, Any], alone: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("state_cache_users", [4096, 5])
 def test_the_lane_answers_and_stores_what_one_event_at_a_time_does(
-    tiny_artifact: Path, redis_url: str, redis_client: "redis.Redis", state_cache_users: int
+    tiny_artifact: Path,
+    redis_target: RedisTarget,
+    redis_client: "redis.Redis",
+    state_cache_users: int,
 ) -> None:
     script = _script()
     users = {event.user_id for events in script for event, _, _ in events}
@@ -140,10 +147,10 @@ def test_the_lane_answers_and_stores_what_one_event_at_a_time_does(
     for batch_events in (True, False):
         prefix = f"lane{int(batch_events)}{state_cache_users}"
         settings = Settings(
-            artifact=tiny_artifact, redis_url=redis_url, key_prefix=prefix,
+            artifact=tiny_artifact, **redis_target.settings, key_prefix=prefix,
             batch_events=batch_events, state_cache_users=state_cache_users,
         )  # fmt: skip
-        answers, recording = _run(settings, redis_url, script)
+        answers, recording = _run(settings, script)
         runs[batch_events] = answers, _records(redis_client, prefix, users), recording.rows
     (lane_answers, lane_records, lane_rows), (answers, records, rows) = runs[True], runs[False]
     assert max(rows) == 1  # the reference path: one event per model call
@@ -154,22 +161,32 @@ def test_the_lane_answers_and_stores_what_one_event_at_a_time_does(
 
 
 def test_a_users_events_in_one_batch_are_applied_in_arrival_order(
-    tiny_artifact: Path, redis_url: str, redis_client: "redis.Redis"
+    tiny_artifact: Path, redis_target: RedisTarget, redis_client: "redis.Redis"
 ) -> None:
-    settings = Settings(artifact=tiny_artifact, redis_url=redis_url, key_prefix="laneorder")
+    settings = Settings(
+        artifact=tiny_artifact,
+        redis_url=redis_target.url,
+        redis_cluster=redis_target.cluster,
+        key_prefix="laneorder",
+    )
     items = [f"item-{n}" for n in range(1, 31)]
     script: Script = [[(Event(user_id="ordered", item_id="item-40"), 3, True)]]
     script.append([(Event(user_id="ordered", item_id=item), 3, True) for item in items])
-    answers, _ = _run(settings, redis_url, script)
+    answers, _ = _run(settings, script)
     assert [answer["events_applied"] for answer in answers] == list(range(1, 32))
     history = redis_client.lrange("laneorder:v1:{ordered}:hist", 0, -1)
     assert history == [item.encode() for item in ["item-40", *items]]
 
 
 def test_a_stale_copy_in_the_lane_is_refused_and_the_event_applied_from_the_record(
-    tiny_artifact: Path, redis_url: str, redis_client: "redis.Redis"
+    tiny_artifact: Path, redis_target: RedisTarget, redis_client: "redis.Redis"
 ) -> None:
-    settings = Settings(artifact=tiny_artifact, redis_url=redis_url, key_prefix="lanestale")
+    settings = Settings(
+        artifact=tiny_artifact,
+        redis_url=redis_target.url,
+        redis_cluster=redis_target.cluster,
+        key_prefix="lanestale",
+    )
 
     async def main() -> list[dict[str, Any]]:
         first, close_first = await started_engine(settings)
@@ -193,17 +210,29 @@ def test_a_stale_copy_in_the_lane_is_refused_and_the_event_applied_from_the_reco
     assert not recommended & {"item-1", "item-2", "item-3"}  # the record's history, masked
 
 
+def pause_every_node(client: "redis.Redis", milliseconds: int) -> None:
+    if isinstance(client, RedisCluster):  # CLIENT PAUSE acts on the node it is sent to
+        client.client_pause(milliseconds, target_nodes=RedisCluster.ALL_NODES)
+    else:
+        client.client_pause(milliseconds)
+
+
 async def _iterations(count: int) -> None:
     for _ in range(count):
         await asyncio.sleep(0)
 
 
 def test_events_arriving_while_batches_are_out_go_out_together(
-    tiny_artifact: Path, redis_url: str, redis_client: "redis.Redis"
+    tiny_artifact: Path, redis_target: RedisTarget, redis_client: "redis.Redis"
 ) -> None:
     """With two batches waiting for Redis, the events that arrive meanwhile are held and sent
     as one batch when one comes back."""
-    settings = Settings(artifact=tiny_artifact, redis_url=redis_url, key_prefix="laneheld")
+    settings = Settings(
+        artifact=tiny_artifact,
+        redis_url=redis_target.url,
+        redis_cluster=redis_target.cluster,
+        key_prefix="laneheld",
+    )
     users = [f"held-{n}" for n in range(9)]
 
     async def main() -> tuple[list[int], list[int]]:
@@ -213,7 +242,7 @@ def test_events_arriving_while_batches_are_out_go_out_together(
                                    for u in users))  # fmt: skip
             recording = RecordingStepper(engine.stepper)
             engine.stepper = recording
-            redis_client.client_pause(500)  # nothing comes back meanwhile
+            pause_every_node(redis_client, 500)  # nothing comes back meanwhile
             events = [Event(user_id=user, item_id="item-2") for user in users]
             calls = [asyncio.ensure_future(engine.apply(event, 3, False)) for event in events[:4]]
             await _iterations(8)  # the first four went out together and wait for Redis

@@ -4,11 +4,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 
 from tests.metrics import sample
 from tests.service.conftest import ClientFactory
 from tests.service.offline import load_model, state_key, stepped, stored_state, top_k
+
+pytestmark = pytest.mark.redis_topologies
 
 HISTORY = ["item-3", "item-8", "unknown-thing", "item-1"]
 KNOWN = [3, 8, 1]

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
@@ -16,6 +17,8 @@ from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
 from tests.metrics import sample
 from tests.service.conftest import ClientFactory
 from tests.service.offline import load_model, stepped, stored_state
+
+pytestmark = pytest.mark.redis_topologies
 
 
 def _count(operation: str) -> float:

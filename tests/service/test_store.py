@@ -9,17 +9,23 @@ import redis
 from redis.crc import key_slot
 
 from service.store import Limits, UserStore, Write, WriteResult, WriteStatus, create_redis
+from tests.conftest import RedisTarget
 
 T = TypeVar("T")
 
 
+pytestmark = pytest.mark.redis_topologies
+
+
 def run_with_store(
-    url: str, body: Callable[[UserStore], Awaitable[T]], max_len: int = 3, ttl: int = 0
+    target: RedisTarget, body: Callable[[UserStore], Awaitable[T]], max_len: int = 3, ttl: int = 0
 ) -> T:
     """Run ``body(store)`` on a fresh event loop and client."""
 
     async def main() -> T:
-        client = create_redis(url, timeout_seconds=2.0, retries=1, max_connections=4)
+        client = create_redis(
+            target.url, timeout_seconds=2.0, retries=1, max_connections=4, cluster=target.cluster
+        )
         store = UserStore(client, "lrurec", Limits(max_len, max_event_ids=2, ttl_seconds=ttl))
         try:
             return await body(store)
@@ -36,75 +42,83 @@ def event(version: int, token: str, item: str = "a", event_id: str = "") -> Writ
     )  # fmt: skip
 
 
-def test_all_keys_of_a_user_share_one_cluster_slot(redis_url: str) -> None:
+def test_all_keys_of_a_user_share_one_cluster_slot(redis_target: RedisTarget) -> None:
     async def body(store: UserStore) -> None:
         for user in ("alice", "user:{42}", "we}ird{", "ünï"):
             keys = store.keys(user)
             assert len({key_slot(key.encode()) for key in keys}) == 1
             assert all(key.startswith("lrurec:v1:") for key in keys)
 
-    run_with_store(redis_url, body)
+    run_with_store(redis_target, body)
 
 
-def test_a_stale_version_writes_nothing(redis_url: str, redis_client: "redis.Redis") -> None:
+def test_a_stale_version_writes_nothing(
+    redis_target: RedisTarget, redis_client: "redis.Redis"
+) -> None:
     async def body(store: UserStore) -> tuple[WriteStatus, WriteStatus, int]:
         first = await store.write("u", event(0, "t1", item="a"))
         stale = await store.write("u", event(0, "t2", item="b"))  # lost the race
         return first.status, stale.status, stale.version
 
-    first, stale, version = run_with_store(redis_url, body)
+    first, stale, version = run_with_store(redis_target, body)
     assert (first, stale, version) == (WriteStatus.WRITTEN, WriteStatus.CONFLICT, 1)
     assert redis_client.lrange("lrurec:v1:{u}:hist", 0, -1) == [b"a"]
     assert redis_client.hget("lrurec:v1:{u}:state", "events_applied") == b"1"
 
 
-def test_a_retried_write_is_recognised_by_its_token(redis_url: str) -> None:
+def test_a_retried_write_is_recognised_by_its_token(redis_target: RedisTarget) -> None:
     async def body(store: UserStore) -> tuple[WriteStatus, int]:
         await store.write("u", event(0, "same-token", event_id="e1"))
         again = await store.write("u", event(0, "same-token", event_id="e1"))
         return again.status, again.events_applied
 
-    assert run_with_store(redis_url, body) == (WriteStatus.ALREADY_WRITTEN, 1)
+    assert run_with_store(redis_target, body) == (WriteStatus.ALREADY_WRITTEN, 1)
 
 
-def test_duplicate_event_ids_are_caught_inside_the_script(redis_url: str) -> None:
+def test_duplicate_event_ids_are_caught_inside_the_script(redis_target: RedisTarget) -> None:
     async def body(store: UserStore) -> tuple[WriteStatus, bool]:
         await store.write("u", event(0, "t1", event_id="e1"))
         duplicate = await store.write("u", event(1, "t2", event_id="e1"))
         snapshot = await store.load("u", "e1")
         return duplicate.status, snapshot.duplicate
 
-    assert run_with_store(redis_url, body) == (WriteStatus.DUPLICATE, True)
+    assert run_with_store(redis_target, body) == (WriteStatus.DUPLICATE, True)
 
 
-def test_history_and_event_ids_are_bounded(redis_url: str, redis_client: "redis.Redis") -> None:
+def test_history_and_event_ids_are_bounded(
+    redis_target: RedisTarget, redis_client: "redis.Redis"
+) -> None:
     async def body(store: UserStore) -> list[str]:
         for version, item in enumerate("abcde"):
             await store.write("u", event(version, f"t{version}", item=item, event_id=f"e{item}"))
         return (await store.load("u")).history
 
-    assert run_with_store(redis_url, body, max_len=3) == ["c", "d", "e"]
+    assert run_with_store(redis_target, body, max_len=3) == ["c", "d", "e"]
     assert redis_client.zrange("lrurec:v1:{u}:eids", 0, -1) == [b"ed", b"ee"]
 
 
-def test_every_key_gets_the_ttl(redis_url: str, redis_client: "redis.Redis") -> None:
-    run_with_store(redis_url, lambda store: store.write("u", event(0, "t", event_id="e")), ttl=60)
+def test_every_key_gets_the_ttl(redis_target: RedisTarget, redis_client: "redis.Redis") -> None:
+    run_with_store(
+        redis_target, lambda store: store.write("u", event(0, "t", event_id="e")), ttl=60
+    )
     for suffix in ("state", "hist", "eids"):
         assert 0 < redis_client.ttl(f"lrurec:v1:{{u}}:{suffix}") <= 60
 
 
-def test_delete_removes_every_key(redis_url: str, redis_client: "redis.Redis") -> None:
+def test_delete_removes_every_key(redis_target: RedisTarget, redis_client: "redis.Redis") -> None:
     async def body(store: UserStore) -> tuple[bool, bool]:
         await store.write("u", event(0, "t", event_id="e"))
         return await store.delete("u"), await store.delete("u")
 
-    assert run_with_store(redis_url, body) == (True, False)
-    assert redis_client.dbsize() == 0
+    assert run_with_store(redis_target, body) == (True, False)
+    assert (
+        redis_client.exists(*(f"lrurec:v1:{{u}}:{part}" for part in ("state", "hist", "eids"))) == 0
+    )
 
 
 @pytest.mark.parametrize("scripts_flushed", [False, True])
 def test_pipelined_writes_answer_as_single_writes_would(
-    redis_url: str, redis_client: "redis.Redis", scripts_flushed: bool
+    redis_target: RedisTarget, redis_client: "redis.Redis", scripts_flushed: bool
 ) -> None:
     """Also after Redis lost its scripts (a restart or SCRIPT FLUSH): they are loaded again."""
 
@@ -123,7 +137,7 @@ def test_pipelined_writes_answer_as_single_writes_would(
             )
         )
 
-    results = run_with_store(redis_url, body)
+    results = run_with_store(redis_target, body)
     statuses = [getattr(result, "status", None) for result in results]
     assert statuses == [
         WriteStatus.WRITTEN, WriteStatus.WRITTEN, WriteStatus.CONFLICT,
