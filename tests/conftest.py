@@ -54,7 +54,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     cuda = torch.cuda.is_available()
     for item in items:
-        if {"redis_server", "redis_target", "redis_cluster_server"} & set(item.fixturenames):
+        if {"redis_server", "redis_target", "redis_cluster_server"} & set(
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(pytest.mark.redis)
         if not cuda and item.get_closest_marker("gpu") is not None:
             reason = "needs CUDA (torch.cuda.is_available() is False)"
