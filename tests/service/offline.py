@@ -4,6 +4,7 @@ import numpy as np
 import redis
 import torch
 from numpy.typing import NDArray
+from redis.cluster import RedisCluster
 
 from model import LRURec, load_artifact
 
@@ -13,7 +14,7 @@ def state_key(user_id: str, prefix: str = "lrurec") -> str:
     return f"{prefix}:v1:{{{user_id}}}:state"
 
 
-def stored_state(client: "redis.Redis", user_id: str) -> NDArray[np.float32]:
+def stored_state(client: "redis.Redis | RedisCluster", user_id: str) -> NDArray[np.float32]:
     """The float32 state stored for ``user_id``, flattened (fails if there is none)."""
     raw = client.hget(state_key(user_id), "state")
     assert isinstance(raw, bytes), f"no state stored for {user_id!r}"
