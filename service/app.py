@@ -19,7 +19,7 @@ from service.engine.engine import Engine
 from service.runtimes.quantized import with_quantized_scoring
 from service.runtimes.registry import build_backend
 from service.settings import Settings, get_settings
-from service.store import Limits, UserStore, check_topology, create_redis
+from service.store import Limits, Replication, UserStore, check_topology, create_redis
 
 logger = logging.getLogger("service")
 
@@ -64,7 +64,8 @@ async def build_engine(settings: Settings, stack: AsyncExitStack) -> tuple[Engin
     await check_topology(client, settings.redis_cluster)
     max_len = int(artifact.config.get("max_len", artifact.model.config.max_len))
     limits = Limits(max_len, settings.max_event_ids, settings.user_ttl_seconds)
-    store = UserStore(client, settings.key_prefix, limits)
+    replication = Replication(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+    store = UserStore(client, settings.key_prefix, limits, replication)
     return Engine(store, stepper, artifact, settings), backend
 
 

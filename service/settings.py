@@ -36,6 +36,17 @@ class Settings(BaseSettings):
         description="`redis_url` names a node of a Redis Cluster (any one; the others are "
         "discovered). Start-up fails with what to change when this disagrees with the node.",
     )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="Acknowledge an event only once this many replicas of its Redis master "
+        "hold it (the `WAIT` command after each write; 0 = off: Redis replicates "
+        "asynchronously, so a failover can lose writes acknowledged just before it). A write "
+        "not confirmed within `redis_wait_timeout_ms` is answered 503, to be retried with its "
+        "event id.",
+    )
+    redis_wait_timeout_ms: int = Field(default=500, ge=1, le=60_000)
     key_prefix: str = Field(default="lrurec", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     backend: str = Field(
         default="auto",

@@ -10,6 +10,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 
@@ -18,6 +19,12 @@ class ClusterUnreachableError(RedisConnectionError):
     """The cluster client found no node serving a slot (it raises these outside ``RedisError``:
     ``RedisClusterUnreachableError``, ``SlotNotCoveredError``); one more outage, like a lost
     connection."""
+
+
+class ReplicationTimeoutError(RedisTimeoutError):
+    """A write landed on its master but fewer replicas than ``LRUREC_REDIS_WAIT_REPLICAS``
+    confirmed it in time: not acknowledged, so the client retries it (with its event id, a
+    retry is not applied twice)."""
 
 
 class TopologyMismatchError(RuntimeError):

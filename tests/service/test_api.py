@@ -10,6 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from tests.conftest import RedisTarget
 from tests.service.conftest import ClientFactory
 from tests.service.offline import load_model, stepped, stored_state, top_k
 
@@ -77,6 +78,28 @@ def test_duplicate_event_id_is_not_applied_twice(
     assert client.get("/users/u1").json()["recent_items"] == ["item-2"]
     other_user = client.post("/events", json={**event, "user_id": "u2"}).json()
     assert other_user["applied"] is True  # event ids are per user
+
+
+def test_an_event_its_replicas_did_not_confirm_is_a_503_and_its_retry_applies_once(
+    make_client: ClientFactory, redis_target: RedisTarget
+) -> None:
+    """More replicas asked for than the master has (none on the single node, one per cluster
+    master): 503 with Retry-After; the write landed, so the retry is a duplicate."""
+    replicas = 1 if redis_target.cluster else 0
+    event = {"user_id": "u1", "item_id": "item-2", "event_id": "evt-1"}
+    batch = {"events": [{**event, "event_id": "evt-2"}]}
+    with make_client(redis_wait_replicas=replicas + 1, redis_wait_timeout_ms=50) as client:
+        for path, body in (("/events", event), ("/events/batch", batch)):
+            refused = client.post(path, json=body)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "redis_unavailable"
+            assert refused.headers["Retry-After"] == "1"
+    with make_client(redis_wait_replicas=replicas) as client:
+        retried = client.post("/events", json=event).json()
+        assert (retried["applied"], retried["reason"]) == (False, "duplicate")
+        [retried] = client.post("/events/batch", json=batch).json()["results"]
+        assert (retried["applied"], retried["reason"]) == (False, "duplicate")
+        assert client.get("/users/u1").json()["events_applied"] == 2
 
 
 def test_unknown_item_is_kept_in_history_without_advancing_the_state(

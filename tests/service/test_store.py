@@ -8,17 +8,31 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from service.store import Limits, UserStore, Write, WriteResult, WriteStatus, create_redis
+from service.store import (
+    Limits,
+    Replication,
+    ReplicationTimeoutError,
+    UserStore,
+    Write,
+    WriteResult,
+    WriteStatus,
+    create_redis,
+)
 from tests.conftest import RedisTarget
 
 T = TypeVar("T")
+NO_REPLICATION = Replication()
 
 
 pytestmark = pytest.mark.redis_topologies
 
 
 def run_with_store(
-    target: RedisTarget, body: Callable[[UserStore], Awaitable[T]], max_len: int = 3, ttl: int = 0
+    target: RedisTarget,
+    body: Callable[[UserStore], Awaitable[T]],
+    max_len: int = 3,
+    ttl: int = 0,
+    replication: Replication = NO_REPLICATION,
 ) -> T:
     """Run ``body(store)`` on a fresh event loop and client."""
 
@@ -26,7 +40,8 @@ def run_with_store(
         client = create_redis(
             target.url, timeout_seconds=2.0, retries=1, max_connections=4, cluster=target.cluster
         )
-        store = UserStore(client, "lrurec", Limits(max_len, max_event_ids=2, ttl_seconds=ttl))
+        limits = Limits(max_len, max_event_ids=2, ttl_seconds=ttl)
+        store = UserStore(client, "lrurec", limits, replication)
         try:
             return await body(store)
         finally:
@@ -149,3 +164,34 @@ def test_pipelined_writes_answer_as_single_writes_would(
     assert conflict.record.version == 2
     assert conflict.record.history == ["a", "b"]
     assert redis_client.lrange("lrurec:v1:{w1}:hist", 0, -1) == [b"a", b"b"]
+
+
+def test_writes_wait_for_the_replicas_asked_for(redis_target: RedisTarget) -> None:
+    """The single node has no replica, each cluster master one: asking for as many as exist
+    acknowledges every write; asking for one more answers a timeout, though the write landed
+    (its event id is remembered, so the client's retry is not applied twice)."""
+    replicas = 1 if redis_target.cluster else 0
+    enough, too_many = Replication(replicas, 2000), Replication(replicas + 1, 50)
+
+    async def acknowledged(store: UserStore) -> list[object]:
+        single = await store.write("a", event(0, "t1", event_id="e1"))
+        many = await store.write_many(
+            [(f"user-{n}", event(0, f"t{n}", event_id="e1"), None) for n in range(12)]
+        )
+        return [single, *many]
+
+    results = run_with_store(redis_target, acknowledged, replication=enough)
+    assert [getattr(result, "status", result) for result in results] == [WriteStatus.WRITTEN] * 13
+
+    async def unconfirmed(store: UserStore) -> list[object]:
+        with pytest.raises(ReplicationTimeoutError, match="replicas confirmed"):
+            await store.write("b", event(0, "t1", event_id="e1"))
+        many = await store.write_many(
+            [(f"other-{n}", event(0, f"t{n}", event_id="e1"), None) for n in range(12)]
+        )
+        retried = await store.load("b", event_id="e1")
+        return [*many, retried.duplicate]
+
+    *many, retried_is_duplicate = run_with_store(redis_target, unconfirmed, replication=too_many)
+    assert all(isinstance(result, ReplicationTimeoutError) for result in many)
+    assert retried_is_duplicate
