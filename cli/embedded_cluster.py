@@ -90,8 +90,9 @@ class EmbeddedCluster:
 
     @property
     def url(self) -> str:
-        """A URL naming one node (a cluster client discovers the others from it)."""
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
+        """A URL naming one running node (a cluster client discovers the others from it)."""
+        port = next(iter(self.running_ports()), self.ports[0])
+        return f"redis://127.0.0.1:{port}/0"
 
     def start(self) -> Self:
         """Launch every node, create the cluster and wait until all slots are served."""
@@ -186,6 +187,13 @@ class EmbeddedCluster:
         process = self._processes[port]
         process.send_signal(signal.SIGKILL)
         process.wait()
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again from its files: it rejoins the cluster (a master that
+        was failed over comes back as a replica of its successor)."""
+        self._launch(port)
+        self._wait_for_ping(port)
+        self.wait_until_healthy()
 
     def stop(self) -> None:
         """Terminate every node and reap it."""

@@ -7,13 +7,11 @@ retries with the same event ids then apply each event exactly once.
 """
 
 import asyncio
-import contextlib
 import signal
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -22,12 +20,12 @@ import redis
 
 from cli.embedded_redis import free_port, redis_server_binary
 from tests.service.conftest import lrurec_serve
+from tests.service.open_loop import open_loop, round_robin_event
 
 USERS = 20
 RATE = 100.0
 """Events per second, sent on a fixed schedule whatever the answers (open loop)."""
 BEFORE, DOWN, AFTER = 2.0, 5.0, 4.0
-ITEMS = [f"sku-{n:04d}" for n in range(1, 41)]  # ids of the demo catalogue `lrurec serve` builds
 
 
 class DurableRedis:
@@ -76,75 +74,17 @@ def durable_redis(tmp_path: Path) -> Iterator[DurableRedis]:
             server.kill()
 
 
-@dataclass
-class Load:
-    acknowledged: Counter[str] = field(default_factory=Counter)
-    unanswered: list[dict[str, str]] = field(default_factory=list)
-    statuses: Counter[int] = field(default_factory=Counter)
-    bad: list[str] = field(default_factory=list)
-    readiness: list[int] = field(default_factory=list)
-
-
-async def send(client: httpx.AsyncClient, event: dict[str, str], load: Load) -> None:
-    response = await client.post("/events", params={"k": 0}, json=event)
-    load.statuses[response.status_code] += 1
-    if response.status_code == 200 and response.json()["applied"]:
-        load.acknowledged[event["user_id"]] += 1
-    elif response.status_code == 503:
-        kind = response.json()["error"]
-        if not kind.startswith("redis_") or response.headers.get("Retry-After") != "1":
-            load.bad.append(response.text)
-        load.unanswered.append(event)
-    else:
-        load.bad.append(f"{response.status_code} {response.text}")
-
-
-async def watch_readiness(
-    client: httpx.AsyncClient, load: Load, stop: asyncio.Event, recovered: asyncio.Event
-) -> None:
-    while not stop.is_set():
-        status = (await client.get("/readyz")).status_code
-        load.readiness.append(status)
-        if status == 200 and 503 in load.readiness:
-            recovered.set()
-        await asyncio.sleep(0.1)
-
-
-async def run_load(base_url: str, redis_server: DurableRedis) -> tuple[Load, int]:
-    load, stop, recovered = Load(), asyncio.Event(), asyncio.Event()
-    limits = httpx.Limits(max_connections=64)
-    async with httpx.AsyncClient(base_url=base_url, timeout=10.0, limits=limits) as client:
-        watcher = asyncio.create_task(watch_readiness(client, load, stop, recovered))
-        tasks, sent, started = [], 0, time.monotonic()
-        killed = restarted = False
-        while (elapsed := time.monotonic() - started) < BEFORE + DOWN + AFTER:
-            if not killed and elapsed >= BEFORE:
-                redis_server.kill()
-                killed = True
-            if not restarted and elapsed >= BEFORE + DOWN:
-                await asyncio.to_thread(redis_server.start)  # replays the append-only file
-                restarted = True
-            while sent < elapsed * RATE:
-                event = {"user_id": f"u{sent % USERS}", "item_id": ITEMS[sent % len(ITEMS)],
-                         "event_id": f"e{sent}"}  # fmt: skip
-                tasks.append(asyncio.create_task(send(client, event, load)))
-                sent += 1
-            await asyncio.sleep(0.005)
-        await asyncio.gather(*tasks)
-        # Ready again by itself, without a restart of the service.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(recovered.wait(), timeout=30)
-        stop.set()
-        await watcher
-    return load, sent
-
-
 def test_redis_killed_and_restarted_loses_no_acknowledged_event(
     durable_redis: DurableRedis,
 ) -> None:
     environment = {"LRUREC_REDIS_TIMEOUT_SECONDS": "0.5", "LRUREC_REDIS_RETRIES": "1"}
     with lrurec_serve("--redis-url", durable_redis.url, environment=environment) as server:
-        load, sent = asyncio.run(run_load(server.base_url, durable_redis))
+        faults = [(BEFORE, durable_redis.kill), (BEFORE + DOWN, durable_redis.start)]
+        load, sent = asyncio.run(
+            open_loop(
+                server.base_url, RATE, BEFORE + DOWN + AFTER, round_robin_event(USERS), faults
+            )
+        )
         assert load.bad == [], load.bad[:5]
         assert set(load.statuses) <= {200, 503}, load.statuses
         assert load.statuses[503] > 0, "the outage was not seen"
