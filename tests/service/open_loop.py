@@ -12,6 +12,9 @@ import httpx
 
 ITEMS = [f"sku-{n:04d}" for n in range(1, 41)]  # ids of the demo catalogue `lrurec serve` builds
 
+NO_ANSWER = 0
+"""The status recorded for a request whose connection failed before any answer."""
+
 Fault = tuple[float, Callable[[], None]]
 """``(seconds after the start, action)``; the action runs in a thread (it may block)."""
 
@@ -23,7 +26,7 @@ class Load:
     acknowledged: Counter[str] = field(default_factory=Counter)
     """Events answered 200 and applied, per user."""
     unanswered: list[dict[str, str]] = field(default_factory=list)
-    """Events answered 503: the client's to retry."""
+    """Events answered 503 or not at all: the client's to retry."""
     statuses: Counter[int] = field(default_factory=Counter)
     bad: list[str] = field(default_factory=list)
     """Answers other than 200 or a Redis 503 with ``Retry-After: 1``."""
@@ -44,7 +47,13 @@ def round_robin_event(users: int, items: Sequence[str] = ITEMS) -> Callable[[int
 async def _send(
     client: httpx.AsyncClient, event: dict[str, str], load: Load, sent_at: float
 ) -> None:
-    response = await client.post("/events", params={"k": 0}, json=event)
+    try:
+        response = await client.post("/events", params={"k": 0}, json=event)
+    except httpx.TransportError:  # no answer at all (its process died): the client retries
+        load.statuses[NO_ANSWER] += 1
+        load.answers.append((sent_at, NO_ANSWER))
+        load.unanswered.append(event)
+        return
     load.statuses[response.status_code] += 1
     load.answers.append((sent_at, response.status_code))
     if response.status_code == 200 and response.json()["applied"]:
