@@ -49,9 +49,10 @@ def _demo_artifact() -> Path:
     return ensure_demo_artifact()
 
 
-def _checked_artifact(artifact: Path) -> Path:
-    """``artifact`` if it holds an exported model (checked here, not as a traceback from
-    every worker's start-up)."""
+def checked_artifact(artifact: Path | None) -> Path:
+    """``artifact`` (the demo artifact when None) if it holds an exported model (checked
+    here, not as a traceback from every worker's start-up)."""
+    artifact = artifact or _demo_artifact()
     if missing := missing_files(artifact):
         raise typer.BadParameter(
             f"{artifact} is not a serving artifact (no {', '.join(missing)}); "
@@ -83,6 +84,12 @@ def _checked_topology(url: str, cluster: bool) -> None:
         asyncio.run(_check_topology(url, cluster))
     except TopologyMismatchError as error:
         raise typer.BadParameter(str(error), param_hint="--redis-cluster / --redis-url") from None
+
+
+def checked_redis(url: str, cluster: bool) -> None:
+    """A URL that parses, naming the kind of Redis ``cluster`` says."""
+    _check_redis_url(url)
+    _checked_topology(url, cluster)
 
 
 def serve(
@@ -127,13 +134,12 @@ def serve(
     LRUREC_DEVICE=cpu|cuda, LRUREC_TORCH_THREADS, LRUREC_API_KEY, ...
     """
     settings = get_settings()
-    artifact = _checked_artifact(artifact or settings.artifact or _demo_artifact())
+    artifact = checked_artifact(artifact or settings.artifact)
     with ExitStack() as stack:
         url = redis_url or settings.redis_url
         cluster = settings.redis_cluster if redis_cluster is None else redis_cluster
         if url is not None:
-            _check_redis_url(url)
-            _checked_topology(url, cluster)
+            checked_redis(url, cluster)
         elif cluster:
             raise typer.BadParameter(
                 "a Redis Cluster needs --redis-url (or LRUREC_REDIS_URL) naming one of its nodes",

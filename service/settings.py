@@ -106,6 +106,21 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     redis_retries: int = Field(default=2, ge=0, le=10)
     redis_max_connections: int = Field(default=64, ge=2)
+    ingest_shards: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Ingest streams `<prefix>:v1:ingest:{<shard>}`; a user's events go to shard "
+        "crc32(user id) % this. Producers and consumers must agree on it.",
+    )
+    ingest_claim_ms: int = Field(
+        default=10_000,
+        ge=100,
+        description="`lrurec consume`: a shard whose owner has not renewed its lease for this "
+        "long is taken over, with the entries it was delivered and did not acknowledge.",
+    )
+    ingest_batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
+    ingest_block_ms: int = Field(default=100, ge=1, le=10_000)
     metrics_dir: Path | None = Field(
         default=None,
         description="Prometheus multiprocess directory for `lrurec serve --workers N` "

@@ -90,12 +90,44 @@ MODEL_ITEMS = Gauge(
 READY = Gauge(
     "lrurec_ready", "1 when ready (model loaded, Redis answering).", multiprocess_mode="livemin"
 )
+INGEST_ENTRIES = Counter(
+    "lrurec_ingest_entries_total",
+    "Ingest stream entries by outcome: consumed (read), applied, duplicate, unknown_item, "
+    "rejected (invalid: sent to the dead-letter stream), retried (Redis failed; read again).",
+    ["outcome"],
+)
+INGEST_BATCH = Histogram(
+    "lrurec_ingest_batch_size", "Entries per batch read from one shard.", buckets=BATCH_BUCKETS
+)
+INGEST_LAG_ENTRIES = Gauge(
+    "lrurec_ingest_lag_entries",
+    "Entries of the shard not yet read by the consumer group (sampled; capped at 10,000).",
+    ["shard"],
+    multiprocess_mode="livemax",
+)
+INGEST_LAG_SECONDS = Gauge(
+    "lrurec_ingest_lag_seconds",
+    "Age of the oldest entry of the shard not yet read (0 when none; sampled).",
+    ["shard"],
+    multiprocess_mode="livemax",
+)
+INGEST_APPLY_SECONDS = Histogram(
+    "lrurec_ingest_end_to_end_seconds",
+    "From XADD (the entry id's time) to the event's state written, per applied entry.",
+    buckets=LATENCY_BUCKETS,
+)
+INGEST_SHARDS = Gauge(
+    "lrurec_ingest_shards_owned", "Ingest shards this consumer owns.", multiprocess_mode="livesum"
+)
+INGEST_OUTCOMES = ("consumed", "applied", "duplicate", "unknown_item", "rejected", "retried")
 
 # Touch every labelled child so each series exists (at 0) from the first scrape.
 for _outcome in EVENT_OUTCOMES:
     EVENTS.labels(_outcome)
 for _kind in ERROR_KINDS:
     ERRORS.labels(_kind)
+for _outcome in INGEST_OUTCOMES:
+    INGEST_ENTRIES.labels(_outcome)
 CACHE_FRESH, CACHE_STALE, CACHE_MISS = (STATE_CACHE.labels(o) for o in ("fresh", "stale", "miss"))
 QUANTIZED_TWO_STAGE, QUANTIZED_FALLBACK = (
     QUANTIZED_ROWS.labels(p) for p in ("two_stage", "fallback")
@@ -153,12 +185,18 @@ def render_metrics(accept: str | None) -> tuple[bytes, str]:
 
     In multiprocess mode a fresh registry reads every worker's files on each scrape.
     """
-    registry = REGISTRY
-    if multiprocess_enabled():
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     encoder, content_type = choose_encoder(accept or "")
-    return encoder(registry), content_type
+    return encoder(metrics_registry()), content_type
+
+
+def metrics_registry() -> CollectorRegistry:
+    """What a scrape reads: this process's registry, or in multiprocess mode a fresh one
+    reading every worker's files."""
+    if not multiprocess_enabled():
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 def set_model(model_version: str, model_type: str, backend: str, n_items: int) -> None:

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
+from service import telemetry
 from service.api.deps import EngineDep, WriteAccess
 from service.engine.batch import apply_batch
 from service.errors import (
@@ -84,6 +85,7 @@ async def post_events_batch(
     limit = engine.settings.max_batch_size
     if len(batch.events) > limit:
         raise InvalidInputError(f"body.events: at most {limit} events per batch")
+    telemetry.BATCH_SIZE.observe(len(batch.events))
     results, failure = await apply_batch(engine, batch.events, k, exclude_seen)
     if failure is not None:
         failed = sum(result.reason == failure for result in results)

@@ -12,21 +12,25 @@ from service.schemas import Event, EventResult, Reason
 
 
 async def apply_batch(
-    engine: Engine, events: Sequence[Event], k: int, exclude_seen: bool
+    engine: Engine,
+    events: Sequence[Event],
+    k: int,
+    exclude_seen: bool,
+    concurrency: int | None = None,
 ) -> tuple[list[EventResult], str | None]:
-    """Apply events in order per user (users in parallel); one result per event.
+    """Apply events in order per user (users in parallel, at most ``concurrency`` at once,
+    default ``LRUREC_BATCH_CONCURRENCY``); one result per event.
 
     Returns:
         ``(results, failure)``. ``failure`` is the error kind when Redis failed part-way: the
         failed event and that user's later events are then reported ``applied: false`` with
         the reason, and every other result is exact.
     """
-    telemetry.BATCH_SIZE.observe(len(events))
     positions: dict[str, list[int]] = {}
     for position, event in enumerate(events):
         positions.setdefault(event.user_id, []).append(position)
     results: list[EventResult | None] = [None] * len(events)
-    limit = asyncio.Semaphore(engine.settings.batch_concurrency)
+    limit = asyncio.Semaphore(concurrency or engine.settings.batch_concurrency)
     failures: list[str] = []
 
     async def run_user(user_positions: list[int]) -> None:

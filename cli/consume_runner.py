@@ -1,0 +1,48 @@
+"""One ``lrurec consume`` process: the engine of ``POST /events`` (same artifact, backend and Redis
+settings), the ingest streams, and :class:`~service.ingest.consumer.Consumer` until SIGTERM
+or SIGINT."""
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from contextlib import AsyncExitStack
+
+from service import telemetry
+from service.app import build_engine, warm_up
+from service.ingest.consumer import Consumer
+from service.settings import Settings
+from service.store import create_redis
+from service.store.streams import IngestStreams
+
+logger = logging.getLogger(__name__)
+
+
+def consumer_name() -> str:
+    """Unique per process: host name and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def consume(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Consume until ``stop`` is set, or until SIGTERM/SIGINT when ``stop`` is None."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with AsyncExitStack() as stack:
+        engine, backend = await build_engine(settings, stack)
+        warm_up(engine)
+        telemetry.set_model(engine.model_version, engine.model_type, backend, engine.n_items)
+        assert settings.redis_url is not None  # build_engine checked it
+        client = create_redis(
+            settings.redis_url, settings.redis_timeout_seconds, settings.redis_retries,
+            settings.redis_max_connections, settings.redis_cluster,
+        )  # fmt: skip
+        stack.push_async_callback(client.aclose)
+        streams = IngestStreams(client, settings.key_prefix, settings.ingest_shards)
+        consumer = Consumer(engine, streams, settings, consumer_name())
+        logger.info("consumer %s: %d shards, model %s", consumer.name,
+                    streams.shards, engine.model_version)  # fmt: skip
+        await consumer.run(stop)
+        logger.info("consumer %s stopped", consumer.name)

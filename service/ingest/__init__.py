@@ -1,0 +1,1 @@
+"""Stream ingestion: ``lrurec consume`` applies events producers add to Redis Streams."""
