@@ -65,11 +65,14 @@ class Consumer:
                     if time.monotonic() >= next_lag:
                         await self._sample_lag()
                         next_lag = time.monotonic() + LAG_SAMPLE_SECONDS
+                    telemetry.READY.set(1)  # the model is loaded and Redis answers
                 except RedisError as error:
+                    telemetry.READY.set(0)
                     logger.warning("ingest: Redis failed while renewing shards: %s", error)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self._lease_ms / 3000)
         finally:
+            telemetry.READY.set(0)
             await self._leave_all()
 
     async def _balance(self) -> None:

@@ -74,7 +74,8 @@ def running(command: list[str], log: Path, env: dict[str, str] | None = None) ->
 
 
 def prometheus_config(target: str, directory: Path) -> Path:
-    """deploy/prometheus/prometheus.yml pointed at ``target``, scraping and evaluating every 1 s."""
+    """deploy/prometheus/prometheus.yml pointed at ``target`` (its ``lrurec`` job), scraping and
+    evaluating every 1 s."""
     config: dict[str, Any] = yaml.safe_load(
         (REPO / "deploy/prometheus/prometheus.yml").read_text(encoding="utf-8")
     )

@@ -27,6 +27,7 @@ ITEMS = [f"item-{i}" for i in range(1, 41)]
 # Grafana: $__rate_interval = max($__interval + scrape interval, 4 x scrape interval); with 1 s
 # steps and 1 s scrapes that is 4 s.
 RATE_INTERVAL = f"{max(1 + SCRAPE_SECONDS, 4 * SCRAPE_SECONDS)}s"
+INGEST_PANELS = "Ingest"
 OWN_ROUTES = 'route!~"/metrics|/readyz|/healthz"'  # requests the load generator did not send
 
 
@@ -125,6 +126,8 @@ def test_every_dashboard_query_evaluates_and_returns_data(stack: Stack) -> None:
     variables = {**variable_values(dashboard), "__rate_interval": RATE_INTERVAL}
     problems = []
     for query in queries(dashboard):
+        if query.panel.startswith(INGEST_PANELS):
+            continue  # `lrurec consume` exports these: tests/deploy/test_ingest_dashboard_live.py
         expr = substitute(query.expr, variables)
         result = stack.query(expr) if query.instant else stack.query_range(expr)
         finite = [v for v in values(result) if math.isfinite(v)]
