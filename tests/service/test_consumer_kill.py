@@ -20,12 +20,14 @@ USERS, EVENTS = 30, 3000
 
 
 @contextmanager
-def lrurec_consume(artifact: str, redis_url: str) -> Iterator[subprocess.Popen[bytes]]:
+def lrurec_consume(
+    artifact: str, redis_url: str, *options: str
+) -> Iterator[subprocess.Popen[bytes]]:
     child = {k: v for k, v in os.environ.items() if not k.startswith("LRUREC_")}
     child.update({"LRUREC_INGEST_CLAIM_MS": "1000", "LRUREC_INGEST_BATCH_SIZE": "64"})
     command = [
         sys.executable, "-c", "from cli.main import app; app()", "consume",
-        "--artifact", artifact, "--redis-url", redis_url, "--log-level", "warning",
+        "--artifact", artifact, "--redis-url", redis_url, "--log-level", "warning", *options,
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, env=child)
     try:
@@ -69,3 +71,26 @@ def test_a_consumer_killed_mid_batch_loses_and_repeats_nothing(
         stored = redis_client.lrange(f"lrurec:v1:{{u{u}}}:hist", 0, -1)
         assert stored == [item.encode() for item in expected]  # once each, in order
         assert events_applied(redis_client, f"u{u}") == len(expected)
+
+
+@pytest.mark.slow
+def test_consumer_workers_share_the_shards_and_keep_each_users_order(
+    make_artifact: ArtifactFactory, redis_url: str, redis_client: "redis.Redis"
+) -> None:
+    artifact = str(make_artifact(max_len=1024))
+    sent = [
+        {"user_id": f"u{n % USERS}", "item_id": TINY_ITEM_IDS[(n * 3) % 50]} for n in range(1500)
+    ]
+
+    def owners() -> set[bytes | str]:
+        keys = [f"lrurec:v1:ingest-owner:{{{shard}}}" for shard in range(16)]
+        return {owner for owner in redis_client.mget(keys) if owner is not None}
+
+    with lrurec_consume(artifact, redis_url, "--workers", "2"):
+        wait_until(lambda: len(owners()) == 2)  # both consumers own shards
+        produce(redis_client, sent)
+        wait_until(lambda: sum(events_applied(redis_client, f"u{u}") for u in range(USERS)) >= 1500)
+    for u in range(USERS):
+        expected = [event["item_id"].encode() for event in sent if event["user_id"] == f"u{u}"]
+        assert redis_client.lrange(f"lrurec:v1:{{u{u}}}:hist", 0, -1) == expected
+    assert owners() == set()  # a graceful stop releases every lease
