@@ -20,6 +20,7 @@ from service.runtimes.quantized import with_quantized_scoring
 from service.runtimes.registry import build_backend
 from service.settings import Settings, get_settings
 from service.store import Limits, Replication, UserStore, check_topology, create_redis
+from service.store.event_log import EventLog
 
 logger = logging.getLogger("service")
 
@@ -66,7 +67,8 @@ async def build_engine(settings: Settings, stack: AsyncExitStack) -> tuple[Engin
     limits = Limits(max_len, settings.max_event_ids, settings.user_ttl_seconds)
     replication = Replication(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
     store = UserStore(client, settings.key_prefix, limits, replication)
-    return Engine(store, stepper, artifact, settings), backend
+    event_log = EventLog(client, settings.key_prefix, settings.log_shards, settings.log_maxlen)
+    return Engine(store, stepper, artifact, settings, event_log), backend
 
 
 def warm_up(engine: Engine) -> None:

@@ -106,6 +106,20 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     redis_retries: int = Field(default=2, ge=0, le=10)
     redis_max_connections: int = Field(default=64, ge=2)
+    log_shards: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Event log streams `<prefix>:v1:log:{<shard>}` (shard = crc32(user id) % "
+        "this); `lrurec events export` must be given the same number.",
+    )
+    log_maxlen: int = Field(
+        default=100_000,
+        ge=0,
+        description="Entries kept per event-log shard, approximately (XADD MAXLEN ~); 0 = no "
+        "log. Each entry costs about 150 B of Redis memory, so the default keeps about 1.6M "
+        "events in about 240 MB.",
+    )
     ingest_shards: int = Field(
         default=16,
         ge=1,

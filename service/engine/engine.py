@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import os
 import random
+import time
 from collections.abc import Sequence
 from math import prod
 
@@ -38,15 +39,22 @@ from service.schemas import (
 )
 from service.settings import Settings
 from service.store import Snapshot, UserStore, Write, WriteResult, WriteStatus
+from service.store.event_log import EventLog, LogEntry
 
 
 class Engine:
     """Applies events and serves recommendations for one loaded artifact."""
 
     def __init__(
-        self, store: UserStore, stepper: Stepper, artifact: Artifact, settings: Settings
+        self,
+        store: UserStore,
+        stepper: Stepper,
+        artifact: Artifact,
+        settings: Settings,
+        event_log: EventLog | None = None,
     ) -> None:
         self.store = store
+        self.event_log = event_log
         self.stepper = stepper
         self.settings = settings
         self.model_version = artifact.version
@@ -252,7 +260,28 @@ class Engine:
         return (await self.apply(event, k, exclude_seen)).result()
 
     async def apply(self, event: Event, k: int, exclude_seen: bool) -> Applied:
-        """:meth:`apply_event` without building the response model."""
+        """:meth:`apply_event` without building the response model.
+
+        The event is acknowledged (returned) only once it is in the event log, if one is on:
+        applied, an unknown item (kept in the history) or a duplicate (a retry whose first
+        answer may have been lost before its entry was logged).
+        """
+        applied = await self._apply(event, k, exclude_seen)
+        if self.event_log is not None:
+            try:
+                await self.event_log.append(
+                    LogEntry(
+                        event.user_id, event.item_id, event.event_id or "",
+                        time.time() if event.timestamp is None else event.timestamp,
+                        applied.model_version,
+                    )
+                )  # fmt: skip
+            except RedisError:
+                telemetry.EVENTS.labels("rejected").inc()
+                raise
+        return applied
+
+    async def _apply(self, event: Event, k: int, exclude_seen: bool) -> Applied:
         index = self._index.get(event.item_id)
         # The history is read only to mask seen items: a k=0 event stays O(1).
         ranking = Ranking(k, k > 0 and exclude_seen)
