@@ -17,6 +17,7 @@ and the export keeps one row per (user, event id).
 """
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from service.store.client import RedisClient
@@ -95,3 +96,33 @@ class EventLog:
             for _, future in batch:  # cancelled mid-flush: the waiters are not left hanging
                 if not future.done():
                     future.cancel()
+
+    async def length(self, shard: int) -> int:
+        """Entries in one shard's stream now."""
+        return int(await self._client.xlen(log_key(self._prefix, shard)))
+
+    async def read(
+        self, shard: int, since_ms: int = 0, chunk: int = 10_000
+    ) -> AsyncIterator[list[tuple[str, LogEntry]]]:
+        """The shard's entries logged at or after ``since_ms`` (unix milliseconds), oldest
+        first, ``chunk`` at a time, as ``(entry id, entry)``."""
+        key, start = log_key(self._prefix, shard), f"{since_ms}-0"
+        while True:
+            with redis_call("log_read"):
+                raw = await self._client.xrange(key, min=start, count=chunk)
+            if not raw:
+                return
+            yield [(_text(entry_id), _entry(fields)) for entry_id, fields in raw]
+            start = f"({_text(raw[-1][0])}"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry(fields: Mapping[bytes | str, bytes | str] | None) -> LogEntry:
+    text = {_text(key): _text(value) for key, value in (fields or {}).items()}
+    return LogEntry(
+        text.get("user_id", ""), text.get("item_id", ""), text.get("event_id", ""),
+        float(text.get("timestamp") or 0.0), text.get("model_version", ""),
+    )  # fmt: skip
