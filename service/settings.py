@@ -117,8 +117,8 @@ class Settings(BaseSettings):
         default=100_000,
         ge=0,
         description="Entries kept per event-log shard, approximately (XADD MAXLEN ~); 0 = no "
-        "log. Each entry costs about 150 B of Redis memory, so the default keeps about 1.6M "
-        "events in about 240 MB.",
+        "log. Each entry costs about 75 B of Redis memory, so the default keeps about 1.6M "
+        "events in about 120 MB.",
     )
     ingest_shards: int = Field(
         default=16,
