@@ -10,8 +10,10 @@ import socket
 from contextlib import AsyncExitStack
 
 from service import telemetry
-from service.app import build_engine, warm_up
+from service.app import build_engine
+from service.engine.engine import Engine
 from service.ingest.consumer import Consumer
+from service.rollout import ModelWatcher
 from service.settings import Settings
 from service.store import create_redis
 from service.store.streams import IngestStreams
@@ -32,7 +34,6 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None) -> None
         loop.add_signal_handler(signum, stop.set)
     async with AsyncExitStack() as stack:
         engine, backend = await build_engine(settings, stack)
-        warm_up(engine)
         telemetry.set_model(engine.model_version, engine.model_type, backend, engine.n_items)
         assert settings.redis_url is not None  # build_engine checked it
         client = create_redis(
@@ -44,5 +45,13 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None) -> None
         consumer = Consumer(engine, streams, settings, consumer_name())
         logger.info("consumer %s: %d shards, model %s", consumer.name,
                     streams.shards, engine.model_version)  # fmt: skip
+        if settings.model_poll_seconds > 0:  # follow `lrurec publish`, as the service does
+
+            def switch(new: Engine, backend: str) -> None:
+                consumer.engine = new  # batches in flight finish on the old model
+
+            watcher = ModelWatcher(client, settings, lambda: consumer.engine, switch)
+            watching = asyncio.create_task(watcher.run(stop))
+            stack.push_async_callback(lambda: watching)
         await consumer.run(stop)
         logger.info("consumer %s stopped", consumer.name)

@@ -11,6 +11,7 @@ app = typer.Typer(
 # Command registrations (one line per command; keep this file a thin composition root).
 from cli.consume_command import consume  # noqa: E402
 from cli.events_command import app as events_app  # noqa: E402
+from cli.publish_command import publish_command  # noqa: E402
 from cli.serve_command import serve  # noqa: E402
 from training.cli import evaluate, train  # noqa: E402
 
@@ -19,3 +20,4 @@ app.command("evaluate")(evaluate)
 app.command("serve")(serve)
 app.command("consume")(consume)
 app.add_typer(events_app, name="events")
+app.command("publish")(publish_command)

@@ -1,23 +1,21 @@
 """Wiring only: ``create_app(settings)`` and the lifespan that loads everything once."""
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import numpy as np
 import torch
 from fastapi import FastAPI
 from threadpoolctl import threadpool_limits
 
-from model import load_artifact
 from service import telemetry
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodySizeLimitMiddleware, HTTPMetricsMiddleware
 from service.api.routes import router
 from service.engine.engine import Engine
-from service.runtimes.quantized import with_quantized_scoring
-from service.runtimes.registry import build_backend
+from service.rollout import ModelWatcher, engine_for, load_model
 from service.settings import Settings, get_settings
 from service.store import Limits, Replication, UserStore, check_topology, create_redis
 from service.store.event_log import EventLog
@@ -53,10 +51,8 @@ async def build_engine(settings: Settings, stack: AsyncExitStack) -> tuple[Engin
             "no Redis configured: set LRUREC_REDIS_URL (or run `lrurec serve`, which starts an "
             "embedded redis-server)"
         )
-    artifact = load_artifact(settings.artifact, device=settings.device)
-    backend, stepper = build_backend(settings.backend, artifact, settings.device)
-    logger.info("model backend: %s (LRUREC_BACKEND=%s)", backend, settings.backend)
-    stepper = with_quantized_scoring(stepper, artifact, settings)  # large catalogues: exact int8
+    loaded = load_model(settings.artifact, settings)
+    artifact = loaded[0]
     client = create_redis(
         settings.redis_url, settings.redis_timeout_seconds, settings.redis_retries,
         settings.redis_max_connections, settings.redis_cluster,
@@ -68,15 +64,7 @@ async def build_engine(settings: Settings, stack: AsyncExitStack) -> tuple[Engin
     replication = Replication(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
     store = UserStore(client, settings.key_prefix, limits, replication)
     event_log = EventLog(client, settings.key_prefix, settings.log_shards, settings.log_maxlen)
-    return Engine(store, stepper, artifact, settings, event_log), backend
-
-
-def warm_up(engine: Engine) -> None:
-    """One step and one top-k so the first request pays no lazy initialisation."""
-    hidden, _ = engine.stepper.step(
-        np.ones(1, dtype=np.int64), np.zeros((1, *engine.stepper.state_shape), dtype=np.float32)
-    )
-    engine.stepper.top_k(hidden, 10, [[]])
+    return engine_for(loaded, store, settings, event_log), loaded[2]
 
 
 @asynccontextmanager
@@ -86,9 +74,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with AsyncExitStack() as stack:
         engine, backend = await build_engine(settings, stack)
         app.state.engine = engine
-        warm_up(engine)
         telemetry.set_model(engine.model_version, engine.model_type, backend, engine.n_items)
         await engine.ready()
+        if settings.model_poll_seconds > 0:
+            await start_watcher(app, engine, settings, stack)
         logger.info(
             "serving %s model %s (%d items), Redis at %s",
             engine.model_type, engine.model_version, engine.n_items, settings.redis_url,
@@ -102,6 +91,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             telemetry.READY.set(0)
             telemetry.mark_worker_dead()
+
+
+async def start_watcher(
+    app: FastAPI, engine: Engine, settings: Settings, stack: AsyncExitStack
+) -> None:
+    """Poll the published model in the background; a switch replaces ``app.state.engine``."""
+
+    def switch(new: Engine, backend: str) -> None:
+        app.state.engine = new  # requests in flight keep the engine they started with
+
+    watcher = ModelWatcher(engine.store.client, settings, lambda: app.state.engine, switch)
+    stop = asyncio.Event()
+    task = asyncio.create_task(watcher.run(stop))
+
+    async def halt() -> None:
+        stop.set()
+        await task
+
+    stack.push_async_callback(halt)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

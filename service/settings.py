@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     redis_retries: int = Field(default=2, ge=0, le=10)
     redis_max_connections: int = Field(default=64, ge=2)
+    model_poll_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often each worker reads the model `lrurec publish` recorded as "
+        "current (`<prefix>:model:current`) and switches to it when it changed; 0 = never.",
+    )
     log_shards: int = Field(
         default=16,
         ge=1,

@@ -87,6 +87,13 @@ MODEL_INFO = Gauge(
 MODEL_ITEMS = Gauge(
     "lrurec_model_items", "Items in the loaded model's catalogue.", multiprocess_mode="livemax"
 )
+MODEL_LOAD_FAILURES = Counter(
+    "lrurec_model_load_failures_total",
+    "Published models that failed to load (the previous model kept serving).",
+)
+MODEL_SWITCHES = Counter(
+    "lrurec_model_switches_total", "Switches to a newly published model, by this worker."
+)
 READY = Gauge(
     "lrurec_ready", "1 when ready (model loaded, Redis answering).", multiprocess_mode="livemin"
 )
@@ -197,6 +204,18 @@ def metrics_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return registry
+
+
+def switch_model(
+    old_version: str, model_version: str, model_type: str, backend: str, n_items: int
+) -> None:
+    """``lrurec_model_info`` names the new model; the old one's series drops to 0."""
+    MODEL_SWITCHES.inc()
+    set_model(model_version, model_type, backend, n_items)
+    for metric in MODEL_INFO.collect():
+        for sample in metric.samples:
+            if sample.labels.get("model_version") == old_version:
+                MODEL_INFO.labels(**sample.labels).set(0)
 
 
 def set_model(model_version: str, model_type: str, backend: str, n_items: int) -> None:

@@ -68,6 +68,11 @@ class UserStore:
         self._load = client.register_script(script_text(LOAD))
 
     @property
+    def client(self) -> RedisClient:
+        """The Redis client (shared with the event log and the model watcher)."""
+        return self._client
+
+    @property
     def max_len(self) -> int:
         """Recent items kept per user (the history list is trimmed to this length)."""
         return self._limits.max_len
