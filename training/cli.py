@@ -16,11 +16,19 @@ from training.data import (
     DataError,
     DataFormat,
     Dataset,
+    RawSequences,
     filter_min_count,
     load_dataset,
     read_raw,
 )
 from training.pipeline import TrainJob, evaluate_artifact, train_artifact
+from training.warm_start import (
+    WarmStartError,
+    check_compatible,
+    extended_dataset,
+    load_seed,
+    model_spec,
+)
 
 DataOption = Annotated[Path, typer.Option("--data", help="Input file.", show_default=False)]
 FormatOption = Annotated[
@@ -70,6 +78,21 @@ def _load(data: Path, data_format: DataFormat, min_count: int | None) -> Dataset
     except DataError as error:
         typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
+
+
+def _load_raw(data: Path, data_format: DataFormat, min_count: int | None) -> RawSequences:
+    default = 1 if data_format is DataFormat.sequences else 5
+    try:
+        raw = filter_min_count(
+            read_raw(data, data_format), default if min_count is None else min_count
+        )
+    except DataError as error:
+        typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    if not raw:
+        typer.secho(f"error: {data}: no events left after filtering", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2)
+    return raw
 
 
 def _echo_table(metrics: dict[str, Any]) -> None:
@@ -128,6 +151,17 @@ def train(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Warm start from this artifact: its architecture and weights, its vocabulary "
+            "extended with the data's new items (fresh rows), e.g. yesterday's model on today's "
+            "export. Needs far fewer steps than a cold start.",
+            exists=True,
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a model on an event log and write a serving artifact to --out.
 
@@ -165,11 +199,25 @@ def train(
     except ValidationError as error:
         typer.secho(f"error: invalid option: {error}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
+    warm = None
+    if init_from is not None:
+        try:
+            warm = load_seed(init_from)
+            spec = model_spec(warm).model_copy(update={"dropout": dropout})
+            check_compatible(config.model, ModelSpec(), spec)
+        except WarmStartError as error:
+            typer.secho(f"error: {error}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(2) from None
+        config = config.model_copy(update={"model": spec})
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 logs and reports
     with _log_to(out / "train.log") if main else nullcontext():
-        dataset = _load(data, data_format, min_count)
+        if warm is None:
+            dataset = _load(data, data_format, min_count)
+        else:
+            dataset = extended_dataset(warm, _load_raw(data, data_format, min_count))
         source = f"{data_format.value}:{data}"
-        metrics = train_artifact(TrainJob(dataset, config, out, source, show_progress=not quiet))
+        job = TrainJob(dataset, config, out, source, show_progress=not quiet, init_from=warm)
+        metrics = train_artifact(job)
     if main:
         typer.echo(f"artifact written to {out} ({metrics['steps']} steps)")
         _echo_table(metrics)

@@ -199,7 +199,7 @@ def filter_min_count(sequences: RawSequences, min_count: int) -> RawSequences:
         current = kept
 
 
-def _id_sort_key(item_id: str) -> tuple[int, int, str]:
+def id_sort_key(item_id: str) -> tuple[int, int, str]:
     # Numeric ids sort numerically, so ML-1M's dense ids 1..3416 map to themselves.
     return (0, int(item_id), "") if item_id.isdigit() else (1, 0, item_id)
 
@@ -226,9 +226,9 @@ def encode(sequences: RawSequences) -> Dataset:
     """Dense re-indexing: items numbered 1..n in id order (numeric ids numerically)."""
     if not sequences:
         raise DataError("no users left after filtering")
-    item_ids = sorted({i for items in sequences.values() for i in items}, key=_id_sort_key)
+    item_ids = sorted({i for items in sequences.values() for i in items}, key=id_sort_key)
     index = {item_id: position for position, item_id in enumerate(item_ids, start=1)}
-    users = sorted(sequences, key=_id_sort_key)
+    users = sorted(sequences, key=id_sort_key)
     encoded = [np.fromiter((index[i] for i in sequences[u]), dtype=np.int64) for u in users]
     return Dataset(users, encoded, item_ids)
 
@@ -296,7 +296,7 @@ def load_dataset(path: Path, data_format: DataFormat | str, min_count: int) -> D
 def encode_with_vocabulary(sequences: RawSequences, item_ids: list[str]) -> Dataset:
     """Encode with an existing vocabulary (an artifact's); unknown items are dropped and counted."""
     index = {item_id: position for position, item_id in enumerate(item_ids, start=1)}
-    users = sorted(sequences, key=_id_sort_key)
+    users = sorted(sequences, key=id_sort_key)
     encoded, unknown = [], 0
     for user in users:
         known = [index[i] for i in sequences[user] if i in index]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from model import RecurrentRecommender, load_artifact, save_artifact
+from model import Artifact, RecurrentRecommender, load_artifact, save_artifact
 from model.registry import build_model
 from training import distributed
 from training.config import TrainConfig
@@ -33,6 +33,7 @@ from training.evaluate import (
 from training.extras import MissingTrainExtraError
 from training.plot import plot_curve
 from training.trainer import Trainer
+from training.warm_start import warm_model
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class TrainJob:
     out_dir: Path
     source: str
     show_progress: bool = True
+    init_from: Artifact | None = None
+    """Warm start: continue from this artifact's weights (training/warm_start.py)."""
 
 
 def build(config: TrainConfig, n_items: int) -> RecurrentRecommender:
@@ -111,7 +114,10 @@ def train_artifact(job: TrainJob) -> dict[str, Any]:
         short = int((split.test == 0).sum())
         if short and ranks.is_main:
             logger.info("%d users have fewer than 3 events: trained on, not evaluated", short)
-        model = build(config, dataset.n_items)
+        if job.init_from is not None:
+            model = warm_model(job.init_from, dataset.n_items, config.seed, config.device)
+        else:
+            model = build(config, dataset.n_items)
         trainer = Trainer(model, split, config, job.out_dir / CHECKPOINT_DIR, job=ranks)
         trainer.resume()
         started = time.monotonic()
