@@ -1,6 +1,6 @@
 """A model switch under open-loop load: ``lrurec serve --workers 2`` serves model A, events
 arrive at a fixed rate, ``lrurec publish`` records model B mid-run. Reports failed requests,
-latency percentiles before, during (publish until every worker answers with B, plus 2 s) and
+latency percentiles (after a 5 s warm-up at the same rate) before, during (publish until every worker answers with B, plus 2 s) and
 after the switch, and the time from publish to every worker on B.
 
 Both models have ML-1M's shape (3,416 items, d = 64, 2 layers; random weights). Every answer
@@ -114,6 +114,7 @@ def main() -> None:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.2)
+            asyncio.run(open_loop(base_url, args.rate, 5.0))  # warm-up: every worker compiled
             published: list[float] = []
 
             async def run() -> list[Answer]:
