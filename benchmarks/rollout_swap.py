@@ -1,7 +1,8 @@
 """A model switch under open-loop load: ``lrurec serve --workers 2`` serves model A, events
-arrive at a fixed rate, ``lrurec publish`` records model B mid-run. Reports failed requests,
-latency percentiles (after a 5 s warm-up at the same rate) before, during (publish until every worker answers with B, plus 2 s) and
-after the switch, and the time from publish to every worker on B.
+arrive at a fixed rate, ``lrurec publish`` records model B mid-run. After a 5 s warm-up at the
+same rate, reports failed requests, latency percentiles before, during (publish until every
+worker answers with B, plus 2 s) and after the switch, and the time from publish to every
+worker on B.
 
 Both models have ML-1M's shape (3,416 items, d = 64, 2 layers; random weights). Every answer
 names the model that computed it (``model_version``), which tells when each worker switched.
