@@ -1,14 +1,13 @@
-"""A model switch under open-loop load: ``lrurec serve --workers 2`` serves model A, events
-arrive at a fixed rate, ``lrurec publish`` records model B mid-run. After a 5 s warm-up at the
-same rate, reports failed requests, latency percentiles before, during (publish until every
-worker answers with B, plus 2 s) and after the switch, and the time from publish to every
-worker on B.
+"""A model switch under open-loop load: ``lrurec serve --workers 2`` serves model A while
+``benchmarks.loadgen`` offers ``POST /events?k=10`` at a fixed rate; the same run is made
+twice, without and with ``lrurec publish`` of model B a third of the way in. Reports failed
+requests and latency percentiles of both runs, and the time from publish until 20 readiness
+answers in a row (from either worker) name B.
 
-Both models have ML-1M's shape (3,416 items, d = 64, 2 layers; random weights). Every answer
-names the model that computed it (``model_version``), which tells when each worker switched.
+Both models have ML-1M's shape (3,416 items, d = 64, 2 layers; random weights).
 
     python -m benchmarks.rollout_swap
-    python -m benchmarks.rollout_swap --rate 1000 --seconds 30 --publish-at 10
+    python -m benchmarks.rollout_swap --rate 1000 --seconds 30
 """
 
 import argparse
@@ -17,15 +16,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
-import numpy as np
 
 from benchmarks.loadgen.artifacts import ML1M_ITEMS
+from benchmarks.loadgen.generator import run_load
+from benchmarks.loadgen.load_spec import LoadResult, LoadSpec
+from benchmarks.loadgen.servers import HOST
+from benchmarks.loadgen.workload import event_requests
 from benchmarks.timing import machine_probe
 from cli.embedded_redis import EmbeddedRedis, free_port
-from model import LRURec, LRURecConfig, save_artifact
+from model import LRURec, LRURecConfig, load_artifact, save_artifact
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "rollout"
@@ -44,46 +48,31 @@ def model_artifact(name: str, seed: int) -> Path:
     return directory
 
 
-Answer = tuple[float, float, int, str]
-"""(seconds after the start it was due, latency seconds, status, model version)."""
+def every_worker_on(base_url: str, version: str, in_a_row: int = 20) -> bool:
+    """``in_a_row`` readiness answers in a row name ``version`` (each may reach either worker)."""
+    for _ in range(in_a_row):
+        if httpx.get(f"{base_url}/readyz").json()["model_version"] != version:
+            return False
+    return True
 
 
-async def open_loop(base_url: str, rate: float, seconds: float) -> list[Answer]:
-    answers: list[Answer] = []
-    limits = httpx.Limits(max_connections=128)
-    async with httpx.AsyncClient(base_url=base_url, timeout=10.0, limits=limits) as client:
-
-        async def send(n: int, due: float, started: float) -> None:
-            event = {"user_id": f"user-{n % 2000}", "item_id": str(n % ML1M_ITEMS + 1)}
-            try:
-                response = await client.post("/events", json=event, params={"k": 10})
-                status = response.status_code
-                version = response.json().get("model_version", "") if status == 200 else ""
-            except httpx.HTTPError:
-                status, version = 0, ""
-            answers.append((due, time.monotonic() - started - due, status, version))
-
-        tasks, started, sent = [], time.monotonic(), 0
-        while (elapsed := time.monotonic() - started) < seconds:
-            while sent < elapsed * rate:
-                tasks.append(asyncio.create_task(send(sent, sent / rate, started)))
-                sent += 1
-            await asyncio.sleep(0.001)
-        await asyncio.gather(*tasks)
-    return answers
+async def loaded_run(
+    port: int, spec: LoadSpec, swap: Callable[[], float] | None
+) -> tuple[LoadResult, float | None]:
+    """One open-loop run (benchmarks.loadgen); with ``swap``, it runs mid-way in a thread and
+    returns the seconds from publish to every worker on B."""
+    requests = event_requests([str(n) for n in range(1, ML1M_ITEMS + 1)], 2000, 10)
+    load = asyncio.create_task(run_load([(HOST, port)], requests, spec))
+    switched = None
+    if swap is not None:
+        await asyncio.sleep(spec.warmup + spec.duration / 3)
+        switched = await asyncio.to_thread(swap)
+    return await load, switched
 
 
 def lrurec(*arguments: str) -> None:
     command = [sys.executable, "-c", "from cli.main import app; app()", *arguments]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
-
-
-def percentiles(answers: list[Answer]) -> str:
-    if not answers:
-        return "no requests"
-    latencies = np.array([latency for _, latency, _, _ in answers]) * 1000
-    p50, p99 = np.percentile(latencies, [50, 99])
-    return f"{len(answers):,} requests, p50 {p50:.1f} ms, p99 {p99:.1f} ms"
 
 
 def main() -> None:
@@ -92,7 +81,6 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s offered")
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--publish-at", type=float, default=10.0, help="seconds into the run")
     args = parser.parse_args()
     print(machine_probe())
     model_a, model_b = model_artifact("a", 0), model_artifact("b", 1)
@@ -115,36 +103,39 @@ def main() -> None:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.2)
-            asyncio.run(open_loop(base_url, args.rate, 5.0))  # warm-up: every worker compiled
-            published: list[float] = []
+            spec = LoadSpec(rate=args.rate, duration=args.seconds, warmup=3.0, drain_timeout=15.0)
+            baseline, _ = run_on_uvloop_pair(loaded_run(port, spec, None))
 
-            async def run() -> list[Answer]:
-                load = asyncio.create_task(open_loop(base_url, args.rate, args.seconds))
-                await asyncio.sleep(args.publish_at)
-                published.append(time.monotonic())
-                await asyncio.to_thread(
-                    lrurec, "publish", "--artifact", str(model_b), "--redis-url", server.url
-                )
-                return await load
+            def swap() -> float:
+                published = time.monotonic()
+                lrurec("publish", "--artifact", str(model_b), "--redis-url", server.url)
+                version_b = load_artifact(str(model_b)).version
+                while not every_worker_on(base_url, version_b):
+                    time.sleep(0.05)
+                return time.monotonic() - published
 
-            started = time.monotonic()
-            answers = asyncio.run(run())
+            swapped, switched = run_on_uvloop_pair(loaded_run(port, spec, swap))
         finally:
             serve.terminate()
             serve.wait(timeout=30)
-    publish_at = published[0] - started
-    versions = {version for *_, version in answers if version}
-    version_b = next(v for *_, v in reversed(answers) if v)
-    last_a = max((due for due, _, _, v in answers if v and v != version_b), default=publish_at)
-    failed = sum(1 for _, _, status, _ in answers if status != 200)
-    print(f"load average {os.getloadavg()}; {len(versions)} model versions answered")
-    print(f"offered {args.rate:,.0f}/s for {args.seconds:.0f} s; publish at {publish_at:.1f} s; "
-          f"last answer from A for an event due at {last_a:.1f} s: every worker on B "
-          f"{last_a - publish_at:.1f} s after publish")  # fmt: skip
-    print(f"failed requests: {failed}")
-    print("before:", percentiles([a for a in answers if a[0] < publish_at]))
-    print("during:", percentiles([a for a in answers if publish_at <= a[0] <= last_a + 2]))
-    print("after: ", percentiles([a for a in answers if a[0] > last_a + 2]))
+    print(f"load average {os.getloadavg()}")
+    print(f"offered {args.rate:,.0f} events/s (k=10) for {args.seconds:.0f} s, 2 workers")
+    for name, result in (("without a switch", baseline), ("with a switch", swapped)):
+        p50, p99 = result.percentile_ms(50), result.percentile_ms(99)
+        print(f"{name}: {result.errors} failed, achieved {result.achieved_rate:,.0f}/s, "
+              f"p50 {p50:.1f} ms, p99 {p99:.1f} ms")  # fmt: skip
+    print(f"publish -> every worker on B: {switched:.1f} s")
+
+
+def run_on_uvloop_pair(
+    coroutine: Coroutine[Any, Any, tuple[LoadResult, float | None]],
+) -> tuple[LoadResult, float | None]:
+    """On uvloop, as benchmarks.loadgen runs its loads (asyncio's own loop where it is absent)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 if __name__ == "__main__":
