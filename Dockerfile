@@ -7,7 +7,8 @@
 # `# syntax=` line on purpose: the Dockerfile frontend built into the engine reads this file, so a
 # build needs no frontend image from a registry. Build arguments and secrets for closed networks:
 #   --build-arg PYTHON_IMAGE=...         any Debian-based Python 3.11 image (`python3` on PATH)
-#   --build-arg TORCH_WHEELS=dir         install torch from that build-context directory (no index)
+#   --build-arg TORCH_WHEELS=dir         where to look for a torch CPU wheel in the build context
+#                                        (default wheels/; with none there, the PyTorch CPU index)
 #   --secret id=ca_bundle,src=ca.pem     CA bundle for pip behind a TLS proxy (no layer keeps it)
 #
 # Stages: `builder` resolves every wheel into /opt/venv; `runtime-base` copies only that venv onto
@@ -17,6 +18,12 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# Only the wheel directory, as its own stage: the builder mounts it for one step, so no layer of
+# the image keeps a wheel and source changes do not reinstall torch.
+FROM scratch AS torch-wheels
+ARG TORCH_WHEELS=wheels
+COPY ${TORCH_WHEELS}/ /
+
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -25,15 +32,14 @@ WORKDIR /src
 # `python3`: the official image also has `python`, a plain Debian base only `python3`.
 RUN python3 -m venv /opt/venv
 ENV PATH="/opt/venv/bin:${PATH}"
-ARG TORCH_WHEELS=""
-# torch first, from the CPU index: the default PyPI wheel bundles CUDA (several GB) we never use.
-# The build context is bind-mounted (not copied), so a TORCH_WHEELS directory leaves no layer;
-# `+cpu` can only come from that directory, its dependencies from the index.
-RUN --mount=type=bind,target=/context \
+# torch first, CPU-only: the default PyPI wheel bundles CUDA (several GB) we never use. It comes
+# from a `torch-2.13.0+cpu` wheel in TORCH_WHEELS when one is there (closed networks), else from
+# the PyTorch CPU index; its dependencies from the package index.
+RUN --mount=type=bind,from=torch-wheels,target=/torch-wheels \
     --mount=type=secret,id=ca_bundle \
     if [ -f /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
-    && if [ -n "${TORCH_WHEELS}" ]; then \
-         pip install --no-cache-dir --find-links "/context/${TORCH_WHEELS}" torch==2.13.0+cpu; \
+    && if ls /torch-wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then \
+         pip install --no-cache-dir --find-links /torch-wheels torch==2.13.0+cpu; \
        else \
          pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu; \
        fi
