@@ -147,9 +147,9 @@ build_base() {
 make_context() {
   local context="$work/context"
   mkdir -p "$context/wheels"
+  # --ignore-failed-read: a tracked file deleted in the working tree is left out, as in a commit.
   (cd "$root" && git ls-files --cached --others --exclude-standard -z \
-    | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' \
-    | tar --null -T - -c) | tar -C "$context" -x
+    | tar --null -T - --ignore-failed-read -c) | tar -C "$context" -x
   local wheel_dir="${TORCH_WHEEL_DIR:-/opt/wheels}"
   compgen -G "$wheel_dir/torch-2.13.0+cpu-*.whl" >/dev/null \
     || skip "no torch 2.13.0+cpu wheel in $wheel_dir (set TORCH_WHEEL_DIR)"
@@ -213,6 +213,8 @@ json() {  # expression on the JSON document read from stdin, `d` bound to it
   python3 -c "import json, sys; d = json.load(sys.stdin); print($1)"
 }
 
+positive() { python3 -c 'import sys; sys.exit(float(sys.argv[1]) <= 0)' "$1"; }
+
 wait_ready() {  # base url: /readyz 200 within 120 s
   for _ in $(seq 1 120); do
     curl --silent --fail --max-time 2 "$1/readyz" >/dev/null && return
@@ -246,11 +248,11 @@ check_stack() {
       | json '[t["health"] for t in d["data"]["activeTargets"] if t["labels"]["job"] == "lrurec"]')"
     value="$(http GET "$prometheus/api/v1/query?query=sum(lrurec_events_total)" \
       | json 'd["data"]["result"][0]["value"][1] if d["data"]["result"] else 0')"
-    [[ "$target" == "['up']" ]] && python3 -c "import sys; sys.exit(float('$value') <= 0)" && break
+    [[ "$target" == "['up']" ]] && positive "$value" && break
     sleep 2
   done
   [[ "$target" == "['up']" ]] || fail "Prometheus target lrurec is $target"
-  python3 -c "import sys; sys.exit(float('$value') <= 0)" || fail "lrurec_events_total is $value"
+  positive "$value" || fail "lrurec_events_total is $value"
   log "Prometheus scrapes lrurec (up) and sum(lrurec_events_total) = $value"
 }
 
