@@ -90,8 +90,13 @@ class EmbeddedCluster:
 
     @property
     def url(self) -> str:
-        """A URL naming one running node (a cluster client discovers the others from it)."""
-        port = next(iter(self.running_ports()), self.ports[0])
+        """A URL naming one running node (a cluster client discovers the others from it): a
+        master when one answers, since a node restarted after a failover rejoins as a replica
+        and may drop connections while it resyncs."""
+        running = self.running_ports()
+        with contextlib.suppress(redis.RedisError):
+            running = self.masters() or running
+        port = next(iter(running), self.ports[0])
         return f"redis://127.0.0.1:{port}/0"
 
     def start(self) -> Self:

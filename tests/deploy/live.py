@@ -27,6 +27,15 @@ from tests.deploy.promql import ALERTS, REPO
 SCRAPE_SECONDS = 1
 
 
+def scraped_after(prometheus: httpx.Client, metric: str, moment: float) -> bool:
+    """Whether Prometheus holds a sample of ``metric`` scraped after ``moment`` (Unix seconds)."""
+    response = prometheus.get("/api/v1/query", params={"query": f"timestamp({metric})"})
+    if response.status_code != 200:  # 503 while Prometheus is still starting up
+        return False
+    result = response.json()["data"]["result"]
+    return bool(result) and float(result[0]["value"][1]) > moment
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))

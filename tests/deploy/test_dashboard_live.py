@@ -17,7 +17,14 @@ import torch
 
 from cli.embedded_redis import EmbeddedRedis
 from model import LRURec, LRURecConfig, save_artifact
-from tests.deploy.live import SCRAPE_SECONDS, Load, free_port, prometheus_config, running
+from tests.deploy.live import (
+    SCRAPE_SECONDS,
+    Load,
+    free_port,
+    prometheus_config,
+    running,
+    scraped_after,
+)
 from tests.deploy.promql import alert_rules, load_dashboard, queries, substitute, variable_values
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -70,12 +77,6 @@ def build_artifact(directory: Path) -> Path:
     return directory
 
 
-def scraped_after(prometheus: httpx.Client, moment: float) -> bool:
-    body = prometheus.get("/api/v1/query", params={"query": "timestamp(lrurec_ready)"}).json()
-    result = body["data"]["result"]
-    return bool(result) and float(result[0]["value"][1]) > moment
-
-
 @pytest.fixture(scope="module")
 def stack(tool: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_bin, lrurec_bin = tool("prometheus"), tool("lrurec")
@@ -103,13 +104,15 @@ def stack(tool: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory)
     ):
         # Generous: two workers import torch on a machine that may be busy with training.
         server.wait_until(lambda: service.get("/readyz").status_code == 200, 240, "/readyz 200")
-        scraper.wait_until(lambda: scraped_after(api, 0), 60, "a first scrape of the service")
+        first_scrape = "a first scrape of the service"
+        scraper.wait_until(lambda: scraped_after(api, "lrurec_ready", 0), 60, first_scrape)
         load = Load(service, ITEMS)
         start = time.time()
         load.run(LOAD_SECONDS)
         end = time.time()
         # The last scrape (and rule evaluation) must see the whole load.
-        scraper.wait_until(lambda: scraped_after(api, end), 15, "a scrape after the load")
+        after_load = "a scrape after the load"
+        scraper.wait_until(lambda: scraped_after(api, "lrurec_ready", end), 15, after_load)
         time.sleep(SCRAPE_SECONDS)
         yield Stack(api, f"127.0.0.1:{port}", load, start, end, time.time())
 

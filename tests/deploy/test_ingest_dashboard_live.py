@@ -15,13 +15,15 @@ import redis
 
 from cli.embedded_redis import EmbeddedRedis
 from service.store.streams import ingest_key, shard_of
-from tests.deploy.live import SCRAPE_SECONDS, free_port, prometheus_config, running
+from tests.deploy.live import SCRAPE_SECONDS, free_port, prometheus_config, running, scraped_after
 from tests.deploy.promql import load_dashboard, queries, substitute, variable_values
 from tests.deploy.test_dashboard_live import INGEST_PANELS, RATE_INTERVAL, build_artifact, values
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 PRODUCE_SECONDS = 5.0
+OWNED = "lrurec_ingest_shards_owned > 0"
+"""Shards the consumer owns: above 0 once its model is loaded (a cold start compiles kernels)."""
 
 
 def produce(url: str, seconds: float) -> int:
@@ -59,17 +61,13 @@ def test_every_ingest_panel_query_returns_data(tool: Callable[[str], Path], tmp_
         running(prometheus, tmp_path / "prometheus.log") as scraper,
         httpx.Client(base_url=f"http://127.0.0.1:{prometheus_port}", timeout=10) as api,
     ):  # fmt: skip
-
-        def scraped_after(moment: float) -> bool:
-            query = {"query": "timestamp(lrurec_ingest_shards_owned)"}
-            result = api.get("/api/v1/query", params=query).json()["data"]["result"]
-            return bool(result) and float(result[0]["value"][1]) > moment
-
-        consumer.wait_until(lambda: scraped_after(0), 120, "a first scrape of the consumer")
+        first_scrape = "a first scrape of the consumer"
+        consumer.wait_until(lambda: scraped_after(api, OWNED, 0), 120, first_scrape)
         start = time.time()
         assert produce(server.url, PRODUCE_SECONDS) > 200
         end = time.time()
-        scraper.wait_until(lambda: scraped_after(end + 1), 15, "a scrape after the entries")
+        after_entries = "a scrape after the entries"
+        scraper.wait_until(lambda: scraped_after(api, OWNED, end + 1), 15, after_entries)
         time.sleep(SCRAPE_SECONDS)
         settled = time.time()
 

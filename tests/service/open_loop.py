@@ -31,6 +31,7 @@ class Load:
     bad: list[str] = field(default_factory=list)
     """Answers other than 200 or a Redis 503 with ``Retry-After: 1``."""
     readiness: list[int] = field(default_factory=list)
+    """``/readyz`` statuses every 0.1 s; ``NO_ANSWER`` where its connection failed."""
     answers: list[tuple[float, int]] = field(default_factory=list)
     """``(seconds after the start the event was sent, status)`` of every event."""
 
@@ -71,7 +72,10 @@ async def _watch_readiness(
     client: httpx.AsyncClient, load: Load, stop: asyncio.Event, recovered: asyncio.Event
 ) -> None:
     while not stop.is_set():
-        status = (await client.get("/readyz")).status_code
+        try:
+            status = (await client.get("/readyz")).status_code
+        except httpx.TransportError:  # the probe's connection was held by a worker that died
+            status = NO_ANSWER
         load.readiness.append(status)
         if status == 200 and 503 in load.readiness:
             recovered.set()

@@ -1,5 +1,5 @@
 """Two ``lrurec serve`` processes of two workers each on one Redis Cluster: 64 concurrent
-clients send 20,000 events with distinct ids for 20 users, then every event again. Every event
+clients send 6,000 events with distinct ids for 20 users, then every event again. Every event
 is applied exactly once, and each user's stored state is the offline model stepped over the
 user's stored history."""
 
@@ -17,9 +17,9 @@ from tests.conftest import ArtifactFactory
 from tests.service.conftest import lrurec_serve
 from tests.service.offline import load_model, stepped, stored_state
 
-USERS, EVENTS, CLIENTS = 20, 20_000, 64
-MAX_LEN = 1024
-"""History kept per user: more than its 1,000 events, so the history holds every one."""
+USERS, EVENTS, CLIENTS = 20, 6_000, 64
+MAX_LEN = 512
+"""History kept per user: more than its 300 events, so the history holds every one."""
 
 
 def events() -> list[dict[str, str]]:

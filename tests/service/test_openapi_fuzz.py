@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tests.service.conftest import lrurec_serve
 
-EXAMPLES_PER_OPERATION = 300
-"""With the coverage and stateful phases, about 2,000 requests in about a minute."""
+EXAMPLES_PER_OPERATION = 150
+"""With the coverage and stateful phases, about 1,000 requests."""
 
 
 def test_every_operation_conforms_to_its_schema(tmp_path: Path) -> None:

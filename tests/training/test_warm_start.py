@@ -54,7 +54,7 @@ def train(data: Path, out: Path, steps: int, *options: str) -> float:
     result = runner.invoke(app, [
         "train", "--data", str(data), "--out", str(out), "--max-steps", str(steps),
         "--eval-every", str(steps), "--threads", "1", "--quiet", "--d-model", "32",
-        "--warmup-steps", "10", *options,
+        "--warmup-steps", "10", "--max-len", "100", *options,
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -68,14 +68,14 @@ def test_a_warm_start_on_later_events_beats_a_cold_start_with_more_steps(tmp_pat
     timestamps); the model trained on them is warm-started on the whole sequences."""
     if not ML1M_SEQUENCES.is_file():
         pytest.skip(f"ML-1M data not found: {ML1M_SEQUENCES} is missing")
-    lines = ML1M_SEQUENCES.read_text().splitlines()[:1500]
+    lines = ML1M_SEQUENCES.read_text().splitlines()[:1000]
     old, full = tmp_path / "old.txt", tmp_path / "full.txt"
     with old.open("w") as out:
         for user, *items in (line.split() for line in lines):
             kept = items[: max(3, len(items) * 4 // 5)]
             out.write(f"{user} {' '.join(kept)}\n")
     full.write_text("\n".join(lines) + "\n")
-    train(old, tmp_path / "a", 300)
+    train(old, tmp_path / "a", 200)
     warm = train(full, tmp_path / "warm", 40, "--init-from", str(tmp_path / "a"))
     cold = train(full, tmp_path / "cold", 80)
     print(f"test NDCG@10: warm start 40 steps {warm:.4f}, cold start 80 steps {cold:.4f}")  # noqa: T201
