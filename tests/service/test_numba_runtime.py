@@ -42,6 +42,25 @@ from tests.conftest import TINY_ITEM_IDS, TINY_N_ITEMS, ArtifactFactory
 SCORE_TOLERANCE = 1e-4
 
 
+def test_a_rebuild_by_steps_matches_the_parallel_scan_for_ragged_histories(
+    make_artifact: ArtifactFactory,
+) -> None:
+    """Rows of different lengths (each left-padded), an empty row, and a lone row: the numba
+    prefill steps through the events; the torch stepper runs the model's parallel scan."""
+    artifact = make_artifact(n_layers=2, d_model=16)
+    numba = build_stepper("numba", load_artifact(artifact), "cpu")
+    reference = build_stepper("torch", load_artifact(artifact), "cpu")
+    generator = np.random.default_rng(1)
+    histories = generator.integers(1, TINY_N_ITEMS + 1, size=(5, 20)).astype(np.int64)
+    for row, length in enumerate([20, 13, 1, 0, 7]):
+        histories[row, : 20 - length] = 0
+    for batch in (histories, histories[1:2], histories[3:4]):
+        hidden, states = numba.prefill(batch)
+        expected_hidden, expected_states = reference.prefill(batch)
+        np.testing.assert_allclose(hidden, expected_hidden, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(states, expected_states, rtol=0, atol=1e-5)
+
+
 # d_model 10: the kernels' products take inputs in fours, and 10 leaves a remainder.
 @pytest.mark.parametrize(("n_layers", "d_model"), [(1, 16), (2, 16), (3, 16), (2, 10)])
 def test_numba_stepper_matches_torch_stepper(
