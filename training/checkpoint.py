@@ -1,9 +1,10 @@
 """Resumable training checkpoints without pickle: safetensors for tensors, JSON for the rest.
 
-``<dir>/last`` holds the model (``model.save_model``), the optimiser's tensors and torch's RNG
-state (``trainer.safetensors``) and the loop state plus the optimiser's scalar fields
-(``trainer.json``). It is written to a temporary directory and renamed into place, so an
-interrupted save never leaves a half-written checkpoint. ``<dir>/best`` holds the best weights.
+``<dir>/last`` holds the model (``model.save_model``), the optimiser's tensors, the moving
+average of the weights if one is kept, torch's RNG state (``trainer.safetensors``), and the
+loop state plus the optimiser's scalar fields (``trainer.json``). It is written to a temporary
+directory and renamed into place, so an interrupted save never leaves a half-written
+checkpoint. ``<dir>/best`` holds the best weights (the average's, when there is one).
 """
 
 import json
@@ -20,6 +21,8 @@ from model import RecurrentRecommender, load_model, save_model
 LAST = "last"
 BEST = "best"
 TENSORS_FILE = "trainer.safetensors"
+AVERAGE = "average"
+"""Prefix of the moving average's tensors in ``TENSORS_FILE``."""
 STATE_FILE = "trainer.json"
 
 
@@ -59,13 +62,18 @@ def save_last(
     model: RecurrentRecommender,
     optimizer: torch.optim.Optimizer,
     loop_state: dict[str, Any],
+    average: nn.Module | None = None,
 ) -> None:
-    """Atomically replace ``directory/last`` with the current model, optimiser and loop state."""
+    """Atomically replace ``directory/last`` with the current model, optimiser, loop state and
+    the moving average of the weights, if any (``average.*`` tensors)."""
     directory.mkdir(parents=True, exist_ok=True)
     staging = directory / f"{LAST}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     save_model(model, staging)
     tensors, meta = optimizer_to_flat(optimizer)
+    if average is not None:
+        for name, value in average.state_dict().items():
+            tensors[f"{AVERAGE}.{name}"] = value.detach().cpu().contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generator
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -90,9 +98,14 @@ def find_last(directory: Path) -> Path | None:
 
 
 def load_last(
-    checkpoint: Path, model: RecurrentRecommender, optimizer: torch.optim.Optimizer
+    checkpoint: Path,
+    model: RecurrentRecommender,
+    optimizer: torch.optim.Optimizer,
+    average: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Restore model weights, optimiser and RNG from ``checkpoint``; returns the loop state."""
+    """Restore model weights, optimiser, RNG and the moving average (when ``average`` is given;
+    a checkpoint without one starts it from the restored weights) from ``checkpoint``; returns
+    the loop state."""
     restored = load_model(checkpoint)
     module = cast(nn.Module, model)
     module.load_state_dict(cast(nn.Module, restored).state_dict())
@@ -105,6 +118,15 @@ def load_last(
             if isinstance(value, torch.Tensor) and key != "step":
                 values[key] = value.to(device)
     optimizer.load_state_dict(state)
+    if average is not None and any(name.startswith(f"{AVERAGE}.") for name in tensors):
+        prefix = f"{AVERAGE}."
+        average.load_state_dict(
+            {
+                name[len(prefix) :]: value
+                for name, value in tensors.items()
+                if name.startswith(prefix)
+            }
+        )  # (without one saved, its first update copies the resumed weights)
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])

@@ -140,6 +140,16 @@ def train(
         int, typer.Option(help="Linear warm-up steps (at most a tenth of a step horizon).")
     ] = 200,
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    label_smoothing: Annotated[
+        float, typer.Option(help="Cross-entropy label smoothing, 0 to <1 (0: off).")
+    ] = 0.0,
+    ema_decay: Annotated[
+        float,
+        typer.Option(
+            help="Validate and export an exponential moving average of the weights with this "
+            "decay per step, 0 to <1 (0: off, the raw weights)."
+        ),
+    ] = 0.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     max_epochs: Annotated[int, typer.Option(help="Stop after this many epochs.")] = 500,
     max_minutes: Annotated[
@@ -187,6 +197,8 @@ def train(
             horizon_epochs=horizon_epochs,
             warmup_steps=warmup_steps,
             weight_decay=weight_decay,
+            label_smoothing=label_smoothing,
+            ema_decay=ema_decay,
             max_steps=max_steps,
             max_epochs=max_epochs,
             max_minutes=max_minutes,

@@ -70,6 +70,12 @@ class TrainConfig(BaseModel):
     """Linear warm-up; capped at a tenth of a step horizon, so small data is not all warm-up."""
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of each target's probability mass spread evenly over every output column (0: plain
+    cross-entropy)."""
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    """Decay of an exponential moving average of the weights, updated every step; validation,
+    the best checkpoint and the artifact then use the average (0: off, the raw weights)."""
     adam_eps: float = Field(1e-9, gt=0)
     clip_norm: float = Field(5.0, gt=0)
     max_steps: int | None = Field(None, ge=1)

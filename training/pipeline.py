@@ -150,6 +150,10 @@ def train_artifact(job: TrainJob) -> dict[str, Any]:
         "steps": result.steps,
         "train_seconds": result.seconds,
     }
+    if job.init_from is not None:  # provenance of a warm start
+        metadata["init_from"] = {
+            "path": str(job.init_from.path), "model_version": job.init_from.version,
+        }  # fmt: skip
     model.eval()
     save_artifact(job.out_dir, model, dataset.item_ids, popularity, metadata)
     (job.out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")

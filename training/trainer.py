@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from model import RecurrentRecommender
@@ -111,9 +112,10 @@ class NextItemLoss(nn.Module):
     output layer) and synchronise every gradient.
     """
 
-    def __init__(self, model: RecurrentRecommender) -> None:
+    def __init__(self, model: RecurrentRecommender, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.model = cast(nn.Module, model)
+        self.label_smoothing = label_smoothing
 
     def forward(self, inputs: Tensor, labels: Tensor) -> Tensor:
         """Args: ``inputs``, ``labels``: ``LongTensor[b, L]``, left-padded; label 0: no target."""
@@ -121,7 +123,9 @@ class NextItemLoss(nn.Module):
         targets = labels > 0
         recommender = cast(RecurrentRecommender, self.model)
         logits = recommender.score(hidden[targets])  # [N, v]: only where there is a target
-        return F.cross_entropy(logits, labels[targets], reduction="sum")
+        return F.cross_entropy(
+            logits, labels[targets], reduction="sum", label_smoothing=self.label_smoothing
+        )
 
 
 def next_item_loss(model: RecurrentRecommender, inputs: Tensor, labels: Tensor) -> Tensor:
@@ -144,7 +148,7 @@ class Trainer:
     ) -> None:
         self.model, self.split, self.config = model, split, config
         self.job = job or Distributed()
-        self.loss = self.wrap(NextItemLoss(model))
+        self.loss = self.wrap(NextItemLoss(model, config.label_smoothing))
         self.checkpoint_dir = checkpoint_dir
         self.on_validation = on_validation
         self.max_len = model.config.max_len
@@ -152,6 +156,13 @@ class Trainer:
         self.lengths = self.windows.lengths
         self.steps_per_epoch = len(bucket_batches(self.lengths, config.batch_size, 0))
         self.optimizer = build_optimizer(model, config)
+        ema = get_ema_multi_avg_fn(config.ema_decay)  # type: ignore[no-untyped-call]
+        self.average = (
+            AveragedModel(cast(nn.Module, model), multi_avg_fn=ema, use_buffers=True)
+            if config.ema_decay
+            else None
+        )
+        """The moving average of the weights (``ema_decay``), or None."""
         self.state = LoopState()
         self.started = time.monotonic()
         self.seconds_at_start = 0.0
@@ -159,6 +170,13 @@ class Trainer:
         """Rank 0's elapsed seconds as of the last :meth:`sync` (drives schedule and budget)."""
         self.loss_total, self.loss_steps = 0.0, 0
         self.seed_dropout()
+
+    @property
+    def evaluated(self) -> RecurrentRecommender:
+        """The weights validated and kept as the best: the moving average when there is one."""
+        if self.average is None:
+            return self.model
+        return cast(RecurrentRecommender, self.average.module)
 
     def wrap(self, loss: NextItemLoss) -> nn.Module:
         if not self.job.enabled:
@@ -185,7 +203,7 @@ class Trainer:
         last = checkpoint.find_last(self.checkpoint_dir)
         if last is None:
             return False
-        loop = checkpoint.load_last(last, self.model, self.optimizer)
+        loop = checkpoint.load_last(last, self.model, self.optimizer, self.average)
         self.state = LoopState(**loop)
         self.seconds_at_start = self.state.seconds
         self.started = time.monotonic()
@@ -194,16 +212,17 @@ class Trainer:
         return True
 
     def validate(self) -> dict[str, float]:
-        self.model.eval()
+        evaluated = cast(nn.Module, self.evaluated)
+        evaluated.eval()
         metrics = evaluate(
-            last_position_scorer(self.model),
+            last_position_scorer(self.evaluated),
             self.split.train,
             self.split.valid,
             self.max_len,
             Protocol.paper,
             self.config.device,
         )
-        self.model.train()
+        evaluated.train()
         return metrics
 
     def record_validation(self) -> None:
@@ -217,7 +236,7 @@ class Trainer:
         if metrics[SELECTION_METRIC] > state.best_metric:
             state.best_metric, state.best_step = metrics[SELECTION_METRIC], state.step
             state.stale_validations = 0
-            checkpoint.save_best(self.checkpoint_dir, self.model)
+            checkpoint.save_best(self.checkpoint_dir, self.evaluated)
         elif state.step > 0:
             state.stale_validations += 1
             state.stopped_early = state.stale_validations >= self.config.patience
@@ -227,7 +246,7 @@ class Trainer:
     def save(self) -> None:
         self.state.seconds = self.elapsed()
         loop: dict[str, Any] = dict(vars(self.state))
-        checkpoint.save_last(self.checkpoint_dir, self.model, self.optimizer, loop)
+        checkpoint.save_last(self.checkpoint_dir, self.model, self.optimizer, loop, self.average)
 
     def budget_left(self) -> bool:
         config, state = self.config, self.state
@@ -253,6 +272,8 @@ class Trainer:
         loss.backward()  # type: ignore[no-untyped-call]
         nn.utils.clip_grad_norm_(list(self.model.parameters()), self.config.clip_norm)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update_parameters(cast(nn.Module, self.model))
         self.state.step += 1
         mean = job.sum(float(summed.item()) * weight) / n_targets
         self.loss_total, self.loss_steps = self.loss_total + mean, self.loss_steps + 1

@@ -1,18 +1,21 @@
 """The fit loop: learning, early stopping, resume, optimiser checkpoints, schedule."""
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from model import LRURec
 from model.registry import MODELS
 from training import checkpoint
+from training.batching import bucket_batches
 from training.config import TrainConfig
 from training.data import split_leave_one_out
 from training.pipeline import build
-from training.trainer import Trainer, build_optimizer, learning_rate
+from training.trainer import NextItemLoss, Trainer, build_optimizer, learning_rate
 
 
 def make_trainer(config: TrainConfig, walks: list[np.ndarray], directory: Path) -> Trainer:
@@ -131,3 +134,71 @@ def test_every_registered_model_trains_through_the_protocol(
     config = tiny_train_config.model_copy(update={"model": spec, "max_steps": 40, "eval_every": 20})
     result = make_trainer(config, walks, tmp_path).fit(show_progress=False)
     assert result.best_metric > result.history[0]["recall@10"] + 0.2
+
+
+def test_label_smoothing_mixes_the_target_loss_with_the_mean_loss_over_all_items(
+    tiny_train_config: TrainConfig,
+) -> None:
+    model = build(tiny_train_config, n_items=30).eval()
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randint(1, 31, (3, 8), generator=generator)
+    labels = torch.randint(1, 31, (3, 8), generator=generator)
+    labels[0, :3] = 0  # padding: no target there
+    epsilon = 0.2
+
+    with torch.no_grad():
+        smoothed = NextItemLoss(model, label_smoothing=epsilon)(inputs, labels)
+        plain = NextItemLoss(model)(inputs, labels)
+        hidden = model.forward(inputs)[labels > 0]
+        log_p = torch.log_softmax(model.score(hidden), dim=-1)
+    target_loss = -log_p.gather(1, labels[labels > 0].unsqueeze(1)).sum()
+    uniform_loss = -log_p.mean(dim=-1).sum()
+    torch.testing.assert_close(plain, target_loss)
+    torch.testing.assert_close(smoothed, (1 - epsilon) * target_loss + epsilon * uniform_loss)
+
+
+def test_the_weight_average_follows_each_step_and_is_what_validation_sees(
+    tiny_train_config: TrainConfig, walks: list[np.ndarray], tmp_path: Path
+) -> None:
+    decay = 0.6
+    trainer = make_trainer(tiny_train_config.model_copy(update={"ema_decay": decay}), walks,
+                           tmp_path)  # fmt: skip
+    assert trainer.average is not None
+    batches = bucket_batches(trainer.lengths, tiny_train_config.batch_size, seed=0)
+    model = cast(nn.Module, trainer.model)
+    expected: dict[str, torch.Tensor] = {}
+    for batch in batches[:4]:
+        trainer.train_step(batch)
+        for name, value in model.named_parameters():
+            now = value.detach().clone()
+            before = expected.get(name)
+            expected[name] = now if before is None else decay * before + (1 - decay) * now
+    averaged = dict(trainer.average.module.named_parameters())
+    current = dict(model.named_parameters())
+    for name, average in expected.items():
+        torch.testing.assert_close(averaged[name].detach(), average)
+        assert not torch.equal(average, current[name].detach())
+    assert cast(nn.Module, trainer.evaluated) is trainer.average.module
+
+
+def test_a_resumed_run_with_a_weight_average_matches_an_uninterrupted_one(
+    tiny_train_config: TrainConfig, walks: list[np.ndarray], tmp_path: Path
+) -> None:
+    config = tiny_train_config.model_copy(update={"ema_decay": 0.9})
+    straight = make_trainer(config, walks, tmp_path / "straight")
+    straight.fit(show_progress=False)
+    make_trainer(config.model_copy(update={"max_steps": 10}), walks, tmp_path / "r").fit(
+        show_progress=False
+    )
+    resumed = make_trainer(config, walks, tmp_path / "r")
+    assert resumed.resume()
+    resumed.fit(show_progress=False)
+    assert [p["recall@10"] for p in resumed.state.history] == [
+        p["recall@10"] for p in straight.state.history
+    ]
+    assert straight.average is not None
+    assert resumed.average is not None
+    for name, value in straight.average.state_dict().items():
+        assert torch.equal(value, resumed.average.state_dict()[name]), name
+    for name, value in weights(straight).items():
+        assert torch.equal(value, weights(resumed)[name]), name
