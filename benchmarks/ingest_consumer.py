@@ -32,6 +32,8 @@ from benchmarks.loadgen.servers import Server
 from benchmarks.service_cpu import measure as measure_http
 from benchmarks.timing import machine_probe
 from cli.embedded_redis import EmbeddedRedis
+from service.app import limit_threads
+from service.gc_tuning import tune_garbage_collector
 from service.ingest.consumer import Consumer
 from service.settings import Settings
 from service.store import create_redis
@@ -100,11 +102,13 @@ def fill_backlog(url: str, events: int, users: int) -> None:
 
 
 async def consume_phases(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
+    limit_threads(settings.torch_threads)  # as `lrurec consume` does
     engine, close = await started_engine(settings)
     assert settings.redis_url is not None
     client = create_redis(settings.redis_url, 5.0, 2, 64)
     streams = IngestStreams(client, "lrurec", SHARDS)
     consumer = TimedConsumer(engine, streams, settings, "bench")
+    tune_garbage_collector(settings.ingest_gc_threshold)  # as `lrurec consume` does
     stop = asyncio.Event()
     started, cpu_started = time.monotonic(), time.process_time()
     running = asyncio.create_task(consumer.run(stop))

@@ -10,8 +10,9 @@ import socket
 from contextlib import AsyncExitStack
 
 from service import telemetry
-from service.app import build_engine
+from service.app import build_engine, limit_threads
 from service.engine.engine import Engine
+from service.gc_tuning import thaw_frozen_objects, tune_garbage_collector
 from service.ingest.consumer import Consumer
 from service.rollout import ModelWatcher
 from service.settings import Settings
@@ -28,6 +29,7 @@ def consumer_name() -> str:
 
 async def consume(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Consume until ``stop`` is set, or until SIGTERM/SIGINT when ``stop`` is None."""
+    limit_threads(settings.torch_threads)  # as `serve` does; idle BLAS threads spin otherwise
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -43,12 +45,14 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None) -> None
         stack.push_async_callback(client.aclose)
         streams = IngestStreams(client, settings.key_prefix, settings.ingest_shards)
         consumer = Consumer(engine, streams, settings, consumer_name())
+        tune_garbage_collector(settings.ingest_gc_threshold)  # start-up is done
         logger.info("consumer %s: %d shards, model %s", consumer.name,
                     streams.shards, engine.model_version)  # fmt: skip
         if settings.model_poll_seconds > 0:  # follow `lrurec publish`, as the service does
 
             def switch(new: Engine, backend: str) -> None:
                 consumer.engine = new  # batches in flight finish on the old model
+                thaw_frozen_objects()  # so the old model can be freed
 
             watcher = ModelWatcher(client, settings, lambda: consumer.engine, switch)
             watching = asyncio.create_task(watcher.run(stop))

@@ -140,6 +140,13 @@ class Settings(BaseSettings):
         "long is taken over, with the entries it was delivered and did not acknowledge.",
     )
     ingest_batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
+    ingest_gc_threshold: int = Field(
+        default=20_000,
+        ge=0,
+        description="`lrurec consume`: once the model is loaded, freeze the start-up objects "
+        "and collect the young generation every this many net allocations (Python: 700); 0 "
+        "leaves Python's collector as it is. About a fifth more events/s measured.",
+    )
     ingest_block_ms: int = Field(default=100, ge=1, le=10_000)
     metrics_dir: Path | None = Field(
         default=None,

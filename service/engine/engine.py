@@ -84,6 +84,10 @@ class Engine:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    def index(self, item_id: str) -> int | None:
+        """The model's index of ``item_id``; None for an item it does not know."""
+        return self._index.get(item_id)
+
     def known(self, history: Sequence[str]) -> IndexArray:
         """The model's indices of the items in ``history`` it knows, in order."""
         index = self._index
@@ -119,6 +123,10 @@ class Engine:
             return np.zeros(self._state_shape, dtype=np.float32)
         return np.frombuffer(snap.state, dtype=np.float32).reshape(self._state_shape)
 
+    def state_or_zeros(self, state: FloatArray | None) -> FloatArray:
+        """``state``, or the zero state of a user the model never advanced."""
+        return state if state is not None else np.zeros(self._state_shape, dtype=np.float32)
+
     def _current(self, snap: Snapshot) -> tuple[FloatArray | None, FloatArray | None, bool]:
         """(state, hidden, rebuilt) of a snapshot; a state of another model is rebuilt.
 
@@ -139,7 +147,7 @@ class Engine:
         self, index: int, state: FloatArray | None, k: int, exclude: IndexArray
     ) -> tuple[FloatArray, FloatArray, Ranked | None]:
         """``(hidden, new_state, top-k or None when k == 0)`` of one event, in one model call."""
-        base = state if state is not None else np.zeros(self._state_shape, dtype=np.float32)
+        base = self.state_or_zeros(state)
         if k == 0:
             with telemetry.MODEL_STEP.time():
                 hidden, states = self.stepper.step(np.asarray([index], dtype=np.int64), base[None])

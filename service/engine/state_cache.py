@@ -52,11 +52,10 @@ class StateCache:
     def put(
         self, user_id: str, before: Snapshot, write: Write, result: WriteResult,
         seen: IndexArray | None = None,
-    ) -> None:  # fmt: skip
+    ) -> Snapshot:  # fmt: skip
         """Remember the record that ``write`` (applied to ``before``) left in Redis, and
-        ``seen``, the model's indices of its history's items."""
-        if not self._capacity:
-            return
+        ``seen``, the model's indices of its history's items; that record (also when the
+        cache is off, for a caller that writes again from it)."""
         history = before.history
         if write.item and before.history_loaded:
             history = [*history, write.item][-self._max_len :]
@@ -72,10 +71,13 @@ class StateCache:
             history_loaded=before.history_loaded,
             duplicate=False,
         )
+        if not self._capacity:
+            return after
         self._entries[user_id] = Cached(after, write.token, seen)
         self._entries.move_to_end(user_id)
         if len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
+        return after
 
     def drop(self, user_id: str) -> None:
         self._entries.pop(user_id, None)

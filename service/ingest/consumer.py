@@ -5,22 +5,27 @@ Each shard is owned by one consumer at a time (a lease in Redis, renewed every t
 stream order. Consumers share the shards evenly: each counts the live consumers (a heartbeat
 set) and owns at most its share. A shard whose owner stopped renewing (it crashed) is taken over
 with the entries the dead owner was delivered and did not acknowledge (``XAUTOCLAIM``), which
-are applied before any new entry. Entries are applied through the engine of ``POST /events``
-(the same atomic script and event-id idempotency); an entry without ``event_id`` uses its
-stream entry id, so a redelivered entry is not applied twice. ``XACK`` follows the write.
+are applied before any new entry. The batches of the shards that are read in the same
+event-loop iteration are applied as one through the engine of ``POST /events``
+(service.engine.ordered: one pipelined read, one model step per position, one pipelined write;
+the same atomic script and event-id idempotency); an entry without
+``event_id`` uses its stream entry id, so a redelivered entry is not applied twice. ``XACK``
+follows the write.
 """
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
 from service import telemetry
-from service.engine.batch import apply_batch
 from service.engine.engine import Engine
+from service.engine.ordered import Outcome, apply_in_order
 from service.ingest.entries import parse_entry
 from service.schemas import Event
 from service.settings import Settings
@@ -31,8 +36,82 @@ logger = logging.getLogger(__name__)
 LAG_SAMPLE_SECONDS = 1.0
 RETRY_SECONDS = 0.2
 """Pause before reading a shard again after Redis failed part of a batch."""
-SETTLED = ("duplicate", "unknown_item")
-"""Reasons an event was not applied that still acknowledge its entry (nothing to retry)."""
+
+
+Waiting = tuple[list[Event], "asyncio.Future[list[Outcome]]"]
+"""A shard task's batch and the future its outcomes go to."""
+
+
+class Coalescer:
+    """Applies the batches that shard tasks hand in during one event-loop iteration as one
+    (service.engine.ordered), so a paced stream spread over many shards still makes batches of
+    a useful size: one record read, one model step per position and one write for all of them.
+    A user's events all go to one shard, so merging shards keeps each user's order."""
+
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self._engine = engine
+        self._waiting: list[Waiting] = []
+        self._running: set[asyncio.Task[None]] = set()  # referenced until done
+
+    async def apply(self, events: list[Event]) -> list[Outcome]:
+        """``apply_in_order(engine, events)``'s outcomes, applied with the other batches handed
+        in this iteration; its exception if the merged batch raised."""
+        if not events:
+            return []
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Outcome]] = loop.create_future()
+        self._waiting.append((events, future))
+        if len(self._waiting) == 1:  # the first of this iteration: apply after the others
+            loop.call_soon(self._start)
+        return await future
+
+    def _start(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._apply(waiting))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _apply(self, waiting: list[Waiting]) -> None:
+        engine = self._engine()  # one model for the merged batch
+        merged = [event for events, _ in waiting for event in events]
+        try:
+            outcomes = await apply_in_order(engine, merged)
+        except asyncio.CancelledError:
+            for _, future in waiting:
+                future.cancel()
+            raise
+        except RedisError as error:  # each waiter gets it: its entries stay pending
+            for _, future in waiting:
+                _hand(future, error)
+            return
+        except Exception as error:
+            if len(waiting) == 1:
+                _hand(waiting[0][1], error)
+                return
+            # Not Redis: a bug, or an entry the model cannot take. Each shard's batch is
+            # applied again on its own (its events have ids, so what landed is recognised),
+            # so only the shard that holds the culprit stops.
+            for events, future in waiting:
+                try:
+                    _hand(future, await apply_in_order(engine, events))
+                except Exception as own_error:
+                    _hand(future, own_error)
+            return
+        start = 0
+        for events, future in waiting:
+            _hand(future, outcomes[start : start + len(events)])
+            start += len(events)
+
+
+def _hand(future: "asyncio.Future[list[Outcome]]", result: list[Outcome] | Exception) -> None:
+    """Give a waiter its outcomes or exception (none if it was cancelled meanwhile: its
+    entries stay pending)."""
+    if future.done():
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 class Consumer:
@@ -48,6 +127,7 @@ class Consumer:
         self.name = name
         self._lease_ms = settings.ingest_claim_ms
         self._shards: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._coalescer = Coalescer(lambda: self.engine)
 
     @property
     def owned(self) -> list[int]:
@@ -153,23 +233,22 @@ class Consumer:
             else:
                 events.append(parsed)
                 valid.append(entry[0])
-        results, _ = await apply_batch(
-            self.engine, events, k=0, exclude_seen=False, concurrency=len(events) or 1
-        )
+        outcomes = await self._coalescer.apply(events)
         acknowledged = [entry_id for (entry_id, _), _ in dead]
         now_ms, settled = time.time() * 1000, True
-        for entry_id, result in zip(valid, results, strict=True):
-            if result.applied:
-                telemetry.INGEST_ENTRIES.labels("applied").inc()
-                added_ms = float(entry_id.split("-", 1)[0])
-                telemetry.INGEST_APPLY_SECONDS.observe(max(0.0, now_ms - added_ms) / 1000)
-            elif result.reason in SETTLED:
-                telemetry.INGEST_ENTRIES.labels(str(result.reason)).inc()
-            else:
-                telemetry.INGEST_ENTRIES.labels("retried").inc()
+        counts: collections.Counter[str] = collections.Counter()  # by outcome, counted once
+        for entry_id, result in zip(valid, outcomes, strict=True):
+            if result is None:  # Redis failed for it: it stays pending, read again in order
+                counts["retried"] += 1
                 settled = False
                 continue
+            counts[result.reason or "applied"] += 1  # a duplicate, an unknown item: settled
+            if result.reason is None:
+                added_ms = float(entry_id.split("-", 1)[0])
+                telemetry.INGEST_APPLY_SECONDS.observe(max(0.0, now_ms - added_ms) / 1000)
             acknowledged.append(entry_id)
+        for outcome, count in counts.items():
+            telemetry.INGEST_ENTRIES.labels(outcome).inc(count)
         telemetry.INGEST_ENTRIES.labels("rejected").inc(len(dead))
         await self.streams.acknowledge(shard, acknowledged, dead)
         return settled

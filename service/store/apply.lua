@@ -9,7 +9,8 @@
 -- 2 duplicate event id, 3 this token is already stored (a retried call whose reply was lost).
 local state_key, hist_key, eids_key = KEYS[1], KEYS[2], KEYS[3]
 local token, event_id, item = ARGV[2], ARGV[3], ARGV[4]
-local fields = redis.call('HMGET', state_key, 'version', 'token', 'events_applied')
+local fields = redis.call('HMGET', state_key, 'version', 'token', 'events_applied',
+                          'events_received')
 local version = tonumber(fields[1] or '0')
 local applied = tonumber(fields[3] or '0')
 if fields[2] == token then
@@ -33,21 +34,25 @@ if version ~= tonumber(ARGV[1]) or (ARGV[14] ~= '' and fields[2] ~= ARGV[14]) th
 end
 version = version + 1
 applied = applied + tonumber(ARGV[8])
-redis.call('HSET', state_key, 'version', version, 'token', token,
-           'events_applied', applied, 'updated_at', ARGV[10])
+local received = tonumber(fields[4] or '0') + tonumber(ARGV[9])
+-- One HSET for every field (each call from Lua costs more than the work it does).
 if ARGV[5] ~= '' then
-  redis.call('HSET', state_key, 'state', ARGV[5], 'hidden', ARGV[6], 'model_version', ARGV[7])
+  redis.call('HSET', state_key, 'version', version, 'token', token, 'events_applied', applied,
+             'events_received', received, 'updated_at', ARGV[10],
+             'state', ARGV[5], 'hidden', ARGV[6], 'model_version', ARGV[7])
+else
+  redis.call('HSET', state_key, 'version', version, 'token', token, 'events_applied', applied,
+             'events_received', received, 'updated_at', ARGV[10])
 end
-if ARGV[9] == '1' then
-  redis.call('HINCRBY', state_key, 'events_received', 1)
-end
-if item ~= '' then
-  redis.call('RPUSH', hist_key, item)
+if item ~= '' and redis.call('RPUSH', hist_key, item) > tonumber(ARGV[11]) then
   redis.call('LTRIM', hist_key, -tonumber(ARGV[11]), -1)
 end
+-- Each write adds at most one event id, so the set holds at most `version` of them.
 if event_id ~= '' then
   redis.call('ZADD', eids_key, version, event_id)
-  redis.call('ZREMRANGEBYRANK', eids_key, 0, -tonumber(ARGV[13]) - 1)
+  if version > tonumber(ARGV[13]) then
+    redis.call('ZREMRANGEBYRANK', eids_key, 0, -tonumber(ARGV[13]) - 1)
+  end
 end
 local ttl = tonumber(ARGV[12])
 if ttl > 0 then

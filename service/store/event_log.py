@@ -17,8 +17,9 @@ and the export keeps one row per (user, event id).
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from service.store.client import RedisClient
 from service.store.keys import LAYOUT_VERSION
@@ -67,6 +68,24 @@ class EventLog:
             asyncio.get_running_loop().call_soon(self._flush_soon)
         await future
 
+    async def append_many(self, entries: Sequence[LogEntry]) -> None:
+        """Return once every entry is in the log (one pipelined round trip); raise the Redis
+        error if they could not all be (some may be: a retry logs them again)."""
+        if not self.enabled or not entries:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for entry in entries:
+            self._queue(pipe, entry)
+        with redis_call("log"):
+            await pipe.execute()
+
+    def _queue(self, pipe: Any, entry: LogEntry) -> None:
+        fields = {
+            "user_id": entry.user_id, "item_id": entry.item_id, "event_id": entry.event_id,
+            "timestamp": repr(entry.timestamp), "model_version": entry.model_version,
+        }  # fmt: skip
+        pipe.xadd(self.key(entry.user_id), fields, maxlen=self.maxlen, approximate=True)
+
     def _flush_soon(self) -> None:
         batch, self._pending = self._pending, []
         task = asyncio.ensure_future(self._flush(batch))
@@ -76,11 +95,7 @@ class EventLog:
     async def _flush(self, batch: list[tuple[LogEntry, "asyncio.Future[None]"]]) -> None:
         pipe = self._client.pipeline(transaction=False)
         for entry, _ in batch:
-            fields = {
-                "user_id": entry.user_id, "item_id": entry.item_id, "event_id": entry.event_id,
-                "timestamp": repr(entry.timestamp), "model_version": entry.model_version,
-            }  # fmt: skip
-            pipe.xadd(self.key(entry.user_id), fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+            self._queue(pipe, entry)
         try:
             with redis_call("log"):
                 await pipe.execute()

@@ -68,6 +68,12 @@ def _text(value: Any) -> str:
 
 
 def _entries(raw: Any) -> list[Entry]:
+    if raw and isinstance(raw[0][0], bytes):  # the service's clients: raw replies
+        return [
+            (entry_id.decode(), {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                                 for k, v in (fields or {}).items()})
+            for entry_id, fields in raw
+        ]  # fmt: skip
     return [
         (_text(entry_id), {_text(k): _text(v) for k, v in (fields or {}).items()})
         for entry_id, fields in raw or []

@@ -1,13 +1,14 @@
 """All Redis I/O of the service: one-round-trip reads and the atomic per-user write script
 (key layout in :mod:`service.store.keys`, scripts in :mod:`service.store.scripts`)."""
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from service import telemetry
 from service.store.client import ClusterUnreachableError, RedisClient, ReplicationTimeoutError
@@ -22,10 +23,35 @@ from service.store.records import (
     write_args,
     write_result,
 )
-from service.store.scripts import APPLY, LOAD, script_text
+from service.store.scripts import APPLY, APPLY_BATCH, LOAD, LOAD_BATCH, script_text
 
 PendingWrite = tuple[str, Write, bool | None]
 """``(user_id, write, refresh)`` of :meth:`UserStore.write_many`."""
+LoggedWrite = tuple[str, Write, str | None, float]
+"""``(user_id, write, event-log stream or None, timestamp)`` of :meth:`UserStore.write_batch`."""
+BATCH_SCRIPT_CALLS = 128
+"""Events per batch-script call: Redis runs a script to its end before serving anyone else,
+so a long batch goes out as several calls (one pipeline), each holding Redis ~1-2 ms."""
+Call = tuple[Sequence[str], list[Arg]]
+"""One script call of a pipeline: its keys and arguments."""
+Sender = Callable[[list[Call]], Awaitable[list[Any]]]
+"""Sends script calls in one pipeline and returns their replies (errors in place)."""
+
+
+def _packed(value: Any) -> bytes:
+    """``value`` in msgpack's original format: the cmsgpack built into Redis's Lua (6.2 and
+    later) rejects the newer str8 and bin types, which msgpack uses only with bin types on."""
+    packed: bytes = msgpack.packb(value, use_bin_type=False)
+    return packed
+
+
+def _batch_result(reply: list[Any]) -> WriteResult | RedisError:
+    """One write's ``{status, events_applied, version}`` of apply_batch.lua; status -1: the
+    write failed, with the error as its second element."""
+    if int(reply[0]) < 0:
+        message = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        return ResponseError(message)
+    return write_result(reply, None)
 
 
 @contextmanager
@@ -66,6 +92,8 @@ class UserStore:
         self._replication = replication
         self._apply = client.register_script(script_text(APPLY))
         self._load = client.register_script(script_text(LOAD))
+        self._apply_batch = client.register_script(script_text(APPLY_BATCH))
+        self._load_batch = client.register_script(script_text(LOAD_BATCH))
 
     @property
     def client(self) -> RedisClient:
@@ -76,6 +104,13 @@ class UserStore:
     def max_len(self) -> int:
         """Recent items kept per user (the history list is trimmed to this length)."""
         return self._limits.max_len
+
+    @property
+    def batched(self) -> bool:
+        """Whether many users' reads and writes go out as a few script calls
+        (:meth:`write_batch`): on a single Redis. A cluster spreads users over slots, and one
+        script may touch one slot only, so there each user's call is sent on its own."""
+        return not isinstance(self._client, RedisCluster)
 
     def keys(self, user_id: str) -> UserKeys:
         """The (state, history, event-id) keys of ``user_id``, all in one hash slot."""
@@ -108,41 +143,130 @@ class UserStore:
             reply = await self._apply(keys=self.keys(user_id), args=args)
         return write_result(reply, refresh)
 
+    async def load_many(self, user_ids: Sequence[str]) -> list[Snapshot | RedisError]:
+        """:meth:`load` of each user without the history or an event id, in one round trip
+        (a pipeline of per-user scripts; on a single Redis, of batch-script calls). A read's
+        own error is returned in its place; a failure of the connection raises."""
+        if self.batched:
+            return await self._load_batched(user_ids)
+        args: list[Arg] = ["0", ""]
+        calls: list[Call] = [(self.keys(user), args) for user in user_ids]
+        with redis_call("load"):
+            replies = await self._scripted(LOAD, calls, self._evalsha_pipelined(self._load.sha))
+        return [
+            reply if isinstance(reply, RedisError) else snapshot(reply, history=False)
+            for reply in replies
+        ]
+
+    async def _load_batched(self, user_ids: Sequence[str]) -> list[Snapshot | RedisError]:
+        chunks = [user_ids[n : n + BATCH_SCRIPT_CALLS]
+                  for n in range(0, len(user_ids), BATCH_SCRIPT_CALLS)]  # fmt: skip
+        calls: list[Call] = [([self.keys(user)[0] for user in chunk], []) for chunk in chunks]
+        send = self._evalsha_pipelined(self._load_batch.sha)
+        with redis_call("load"):
+            replies = await self._scripted(LOAD_BATCH, calls, send)
+        snapshots: list[Snapshot | RedisError] = []
+        for chunk, reply in zip(chunks, replies, strict=True):
+            if isinstance(reply, RedisError):
+                snapshots.extend([reply] * len(chunk))
+            else:
+                snapshots.extend(snapshot(reply[n : n + 9], history=False)
+                                 for n in range(0, len(reply), 9))  # fmt: skip
+        return snapshots
+
     async def write_many(
         self, writes: list[PendingWrite], operation: str = "apply"
     ) -> list[WriteResult | RedisError]:
         """:meth:`write` of each ``(user_id, write, refresh)`` in one non-transactional
         pipeline (one round trip). A write's own error is returned in its place; a failure of
         the connection raises (some writes may then have landed: each is atomic on its own)."""
-        calls = [
+        calls: list[Call] = [
             (self.keys(user), write_args(write, self._limits, refresh))
             for user, write, refresh in writes
         ]
         with redis_call(operation):
-            replies = await self._pipelined(calls)
-            if any(isinstance(reply, NoScriptError) for reply in replies):
-                # Redis restarted or its scripts were flushed: load the script, resend those.
-                await self._client.script_load(script_text(APPLY))
-                missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-                resent = await self._pipelined([calls[n] for n in missing])
-                for n, reply in zip(missing, resent, strict=True):
-                    replies[n] = reply
+            replies = await self._scripted(APPLY, calls, self._pipelined(self._apply.sha))
+        return [
+            reply if isinstance(reply, RedisError) else write_result(reply, refresh)
+            for reply, (_, _, refresh) in zip(replies, writes, strict=True)
+        ]
+
+    async def write_batch(
+        self, writes: Sequence[LoggedWrite], log_maxlen: int, logged_version: str,
+        operation: str = "apply",
+    ) -> list[WriteResult | RedisError]:  # fmt: skip
+        """:meth:`write_many` without refresh, on a single Redis (:attr:`batched`), with each
+        write that lands (written or a duplicate) appended to its event-log stream in the same
+        script (``log_maxlen == 0``: not logged): a few script calls in one round trip
+        instead of two commands per event. A user's writes run in the order given."""
+        if not self.batched:
+            raise RuntimeError("write_batch needs a single Redis: one script, many slots")
+        calls: list[Call] = []
+        for start in range(0, len(writes), BATCH_SCRIPT_CALLS):
+            users: dict[str, int] = {}
+            streams: dict[str, int] = {}
+            rows = []
+            for user_id, write, stream, timestamp in writes[start : start + BATCH_SCRIPT_CALLS]:
+                user = users.setdefault(user_id, len(users) + 1)
+                logged = 0 if stream is None else streams.setdefault(stream, len(streams) + 1)
+                rows.append([user, logged, user_id, repr(timestamp),
+                             *write_args(write, self._limits, None)])  # fmt: skip
+            keys = [key for user_id in users for key in self.keys(user_id)]
+            header = _packed([len(users), log_maxlen, logged_version])
+            calls.append(([*keys, *streams], [header, _packed(rows)]))
+        with redis_call(operation):
+            replies = await self._scripted(
+                APPLY_BATCH, calls, self._pipelined(self._apply_batch.sha)
+            )
         results: list[WriteResult | RedisError] = []
-        for reply, (_, _, refresh) in zip(replies, writes, strict=True):
+        for n, reply in enumerate(replies):
+            count = min(BATCH_SCRIPT_CALLS, len(writes) - n * BATCH_SCRIPT_CALLS)
             if isinstance(reply, RedisError):
-                results.append(reply)
-            elif isinstance(reply, BaseException):
-                raise reply
+                results.extend([reply] * count)
             else:
-                results.append(write_result(reply, refresh))
+                results.extend(_batch_result(reply[i : i + 3]) for i in range(0, len(reply), 3))
         return results
 
-    async def _pipelined(self, calls: list[tuple[UserKeys, list[Arg]]]) -> list[Any]:
-        """The scripts' replies; with replication, a reply whose master's replicas did not all
-        confirm it in time is replaced by a :class:`ReplicationTimeoutError`."""
+    async def _scripted(self, script: str, calls: list[Call], send: Sender) -> list[Any]:
+        """``send(calls)``'s replies; calls refused with ``NOSCRIPT`` (Redis restarted or its
+        scripts were flushed) are sent again once the script is loaded. Script errors stay in
+        place as :class:`RedisError`; any other exception raises."""
+        replies = await send(calls)
+        missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            await self._client.script_load(script_text(script))
+            resent = await send([calls[n] for n in missing])
+            for n, reply in zip(missing, resent, strict=True):
+                replies[n] = reply
+        for reply in replies:
+            if isinstance(reply, BaseException) and not isinstance(reply, RedisError):
+                raise reply
+        return replies
+
+    def _evalsha_pipelined(self, sha: str) -> Sender:
+        async def send(calls: list[Call]) -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            return replies
+
+        return send
+
+    def _pipelined(self, sha: str) -> Sender:
+        """Sends write-script calls: their replies, where, with replication, a reply whose
+        master's replicas did not all confirm it in time is replaced by a
+        :class:`ReplicationTimeoutError`."""
+
+        async def send(calls: list[Call]) -> list[Any]:
+            return await self._pipelined_writes(sha, calls)
+
+        return send
+
+    async def _pipelined_writes(self, sha: str, calls: list[Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for keys, args in calls:
-            pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+            pipe.evalsha(sha, len(keys), *keys, *args)
         masters = await self._queue_waits(pipe, calls)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         if not masters:
@@ -160,7 +284,7 @@ class UserStore:
                 )
         return replies[: len(calls)]
 
-    async def _queue_waits(self, pipe: Any, calls: list[tuple[UserKeys, list[Arg]]]) -> list[str]:
+    async def _queue_waits(self, pipe: Any, calls: list[Call]) -> list[str]:
         """Queue one ``WAIT`` per master written to, after its writes (a pipeline sends each
         master's commands on one connection, and ``WAIT`` counts that connection's writes);
         the master of each call ("" for a single node), or nothing without replication."""
