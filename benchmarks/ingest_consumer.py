@@ -70,11 +70,12 @@ class TimedConsumer(Consumer):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.lags_ms: list[float] = []
 
-    async def _apply(self, shard: int, entries: list[Entry]) -> bool:
-        settled = await super()._apply(shard, entries)
+    async def apply(self, reads: dict[int, list[Entry]]) -> set[int]:
+        unsettled = await super().apply(reads)
         now_ms = time.time() * 1000
-        self.lags_ms += [now_ms - float(entry_id.split("-", 1)[0]) for entry_id, _ in entries]
-        return settled
+        for entries in reads.values():
+            self.lags_ms += [now_ms - float(entry_id.split("-", 1)[0]) for entry_id, _ in entries]
+        return unsettled
 
 
 def applied() -> float:

@@ -139,7 +139,12 @@ class Settings(BaseSettings):
         description="`lrurec consume`: a shard whose owner has not renewed its lease for this "
         "long is taken over, with the entries it was delivered and did not acknowledge.",
     )
-    ingest_batch_size: int = Field(default=256, ge=1, le=MAX_BATCH)
+    ingest_batch_size: int = Field(
+        default=256,
+        ge=1,
+        le=MAX_BATCH,
+        description="`lrurec consume`: entries read from each shard at once (XREADGROUP COUNT).",
+    )
     ingest_gc_threshold: int = Field(
         default=20_000,
         ge=0,
@@ -147,7 +152,12 @@ class Settings(BaseSettings):
         "and collect the young generation every this many net allocations (Python: 700); 0 "
         "leaves Python's collector as it is. About a fifth more events/s measured.",
     )
-    ingest_block_ms: int = Field(default=100, ge=1, le=10_000)
+    ingest_block_ms: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="`lrurec consume`: how long a read waits for new entries.",
+    )
     metrics_dir: Path | None = Field(
         default=None,
         description="Prometheus multiprocess directory for `lrurec serve --workers N` "

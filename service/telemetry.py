@@ -104,7 +104,9 @@ INGEST_ENTRIES = Counter(
     ["outcome"],
 )
 INGEST_BATCH = Histogram(
-    "lrurec_ingest_batch_size", "Entries per batch read from one shard.", buckets=BATCH_BUCKETS
+    "lrurec_ingest_batch_size",
+    "Entries per read: one XREADGROUP over a shard reader's shards.",
+    buckets=BATCH_BUCKETS,
 )
 INGEST_LAG_ENTRIES = Gauge(
     "lrurec_ingest_lag_entries",

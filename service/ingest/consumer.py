@@ -5,12 +5,15 @@ Each shard is owned by one consumer at a time (a lease in Redis, renewed every t
 stream order. Consumers share the shards evenly: each counts the live consumers (a heartbeat
 set) and owns at most its share. A shard whose owner stopped renewing (it crashed) is taken over
 with the entries the dead owner was delivered and did not acknowledge (``XAUTOCLAIM``), which
-are applied before any new entry. The batches of the shards that are read in the same
-event-loop iteration are applied as one through the engine of ``POST /events``
+are applied before any new entry.
+
+The shards owned are read by shard readers (service.ingest.reader): two on a single Redis, each
+reading its shards with one command, and one per shard on a cluster. The reads handed in during
+one event-loop iteration are applied as one through the engine of ``POST /events``
 (service.engine.ordered: one pipelined read, one model step per position, one pipelined write;
-the same atomic script and event-id idempotency); an entry without
-``event_id`` uses its stream entry id, so a redelivered entry is not applied twice. ``XACK``
-follows the write.
+the same atomic script and event-id idempotency); an entry without ``event_id`` uses its stream
+entry id, so a redelivered entry is not applied twice. ``XACK`` follows the write, one
+pipelined round trip per read.
 """
 
 import asyncio
@@ -27,15 +30,16 @@ from service import telemetry
 from service.engine.engine import Engine
 from service.engine.ordered import Outcome, apply_in_order
 from service.ingest.entries import parse_entry
+from service.ingest.reader import ShardReader
 from service.schemas import Event
 from service.settings import Settings
-from service.store.streams import Entry, IngestStreams
+from service.store.streams import Entry, IngestStreams, Settled
 
 logger = logging.getLogger(__name__)
 
 LAG_SAMPLE_SECONDS = 1.0
-RETRY_SECONDS = 0.2
-"""Pause before reading a shard again after Redis failed part of a batch."""
+READERS_TOGETHER = 2
+"""Shard readers on a single Redis: one reads while the other's batch is applied."""
 
 
 Waiting = tuple[list[Event], "asyncio.Future[list[Outcome]]"]
@@ -126,13 +130,13 @@ class Consumer:
         self.settings = settings
         self.name = name
         self._lease_ms = settings.ingest_claim_ms
-        self._shards: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._readers: dict[int, tuple[ShardReader, asyncio.Task[None]]] = {}
         self._coalescer = Coalescer(lambda: self.engine)
 
     @property
     def owned(self) -> list[int]:
         """The shards this consumer reads now."""
-        return sorted(self._shards)
+        return sorted(shard for reader, _ in self._readers.values() for shard in reader.held)
 
     async def run(self, stop: asyncio.Event) -> None:
         for shard in range(self.streams.shards):
@@ -160,98 +164,100 @@ class Consumer:
         up to it."""
         live = await self.streams.heartbeat(self.name, self._lease_ms)
         share = math.ceil(self.streams.shards / max(live, 1))
-        for shard, (task, leaving) in list(self._shards.items()):
-            if task.done():
-                self._shards.pop(shard)
+        for slot, (reader, task) in list(self._readers.items()):
+            if task.done():  # a bug stopped it; its shards are released and taken again
+                self._readers.pop(slot)
                 if not task.cancelled() and task.exception() is not None:
-                    logger.error("ingest: shard %d stopped", shard, exc_info=task.exception())
-            elif not await self.streams.acquire(shard, self.name, self._lease_ms):
-                logger.warning("ingest: lost the lease of shard %d", shard)
-                leaving.set()
-        active = [shard for shard, (_, leaving) in self._shards.items() if not leaving.is_set()]
-        for shard in sorted(active)[share:]:
-            self._shards[shard][1].set()  # finishes its batch, then releases the lease
+                    logger.error("ingest: a shard reader stopped", exc_info=task.exception())
+                continue
+            for shard in sorted(reader.held):  # leaving ones too: until their read is applied
+                if not await self.streams.acquire(shard, self.name, self._lease_ms):
+                    logger.warning("ingest: lost the lease of shard %d", shard)
+                    reader.leave(shard)
+        readers = [reader for reader, _ in self._readers.values()]
+        active = sorted(shard for reader in readers for shard in reader.active)
+        for shard in active[share:]:
+            for reader in readers:
+                reader.leave(shard)  # finishes its read, then releases the lease
+        active = active[:share]
+        held = set(self.owned)
         start = sum(map(ord, self.name)) % self.streams.shards  # consumers start apart
         for offset in range(self.streams.shards):
             if len(active) >= share:
                 break
             shard = (start + offset) % self.streams.shards
-            if shard in self._shards:
+            if shard in held:
                 continue
             if await self.streams.acquire(shard, self.name, self._lease_ms):
-                leaving = asyncio.Event()
-                task = asyncio.create_task(self._consume(shard, leaving))
-                self._shards[shard] = (task, leaving)
+                self._reader_for(shard).join(shard)
                 active.append(shard)
-        telemetry.INGEST_SHARDS.set(len(self._shards))
+        telemetry.INGEST_SHARDS.set(len(self.owned))
+
+    def _reader_for(self, shard: int) -> ShardReader:
+        """The reader a newly owned shard joins: on a single Redis, the one of the two with
+        fewer shards; on a cluster, one of its own."""
+        if self.streams.readable_together:
+            slots = range(READERS_TOGETHER)
+            slot = min(
+                slots, key=lambda s: len(self._readers[s][0].held) if s in self._readers else 0
+            )
+        else:
+            slot = shard
+        if slot not in self._readers:
+            reader = ShardReader(
+                self.streams, self.name, self.apply, self.settings.ingest_batch_size,
+                self.settings.ingest_block_ms,
+            )  # fmt: skip
+            self._readers[slot] = (reader, asyncio.create_task(reader.run()))
+        return self._readers[slot][0]
 
     async def _leave_all(self) -> None:
-        for _, leaving in self._shards.values():
-            leaving.set()
-        await asyncio.gather(*(task for task, _ in self._shards.values()), return_exceptions=True)
-        self._shards.clear()
+        for reader, _ in self._readers.values():
+            reader.stop()
+        tasks = [task for _, task in self._readers.values()]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._readers.clear()
         telemetry.INGEST_SHARDS.set(0)
         with contextlib.suppress(RedisError):
             await self.streams.leave(self.name)
 
-    async def _consume(self, shard: int, leaving: asyncio.Event) -> None:
-        """Apply the shard's entries in order until ``leaving`` is set, then release it."""
-        pending = True  # first what earlier owners (or this one) left unacknowledged
-        try:
-            await self.streams.claim(shard, self.name, min_idle_ms=0)
-            while not leaving.is_set():
-                try:
-                    entries = await self.streams.read(
-                        shard, self.name, self.settings.ingest_batch_size,
-                        self.settings.ingest_block_ms, pending=pending,
-                    )  # fmt: skip
-                    if not entries:
-                        pending = False
-                        continue
-                    pending = not await self._apply(shard, entries)
-                except RedisError as error:
-                    logger.warning("ingest: shard %d: Redis failed: %s", shard, error)
-                    pending = True
-                if pending:
-                    await asyncio.sleep(RETRY_SECONDS)
-        finally:
-            with contextlib.suppress(RedisError):
-                await self.streams.release(shard, self.name)
-
-    async def _apply(self, shard: int, entries: list[Entry]) -> bool:
-        """Apply one batch and acknowledge what is settled; False if some entries must be
-        read again (Redis failed for them: they stay pending, in order)."""
-        telemetry.INGEST_BATCH.observe(len(entries))
-        telemetry.INGEST_ENTRIES.labels("consumed").inc(len(entries))
+    async def apply(self, reads: dict[int, list[Entry]]) -> set[int]:
+        """Apply one read's entries, by shard, and acknowledge what is settled; the shards
+        some of whose entries must be read again (Redis failed for them: they stay pending,
+        in order)."""
+        telemetry.INGEST_BATCH.observe(sum(map(len, reads.values())))
         events: list[Event] = []
-        valid: list[str] = []
-        dead: list[tuple[Entry, str]] = []
-        for entry in entries:
-            parsed = parse_entry(*entry)
-            if isinstance(parsed, str):
-                dead.append((entry, parsed))
-            else:
-                events.append(parsed)
-                valid.append(entry[0])
+        valid: list[tuple[int, str]] = []
+        settled: dict[int, Settled] = {}
+        for shard, entries in reads.items():
+            telemetry.INGEST_ENTRIES.labels("consumed").inc(len(entries))
+            acknowledged, dead = settled.setdefault(shard, ([], []))
+            for entry in entries:
+                parsed = parse_entry(*entry)
+                if isinstance(parsed, str):
+                    dead.append((entry, parsed))
+                    acknowledged.append(entry[0])
+                else:
+                    events.append(parsed)
+                    valid.append((shard, entry[0]))
         outcomes = await self._coalescer.apply(events)
-        acknowledged = [entry_id for (entry_id, _), _ in dead]
-        now_ms, settled = time.time() * 1000, True
+        now_ms, unsettled = time.time() * 1000, set()
         counts: collections.Counter[str] = collections.Counter()  # by outcome, counted once
-        for entry_id, result in zip(valid, outcomes, strict=True):
+        for (shard, entry_id), result in zip(valid, outcomes, strict=True):
             if result is None:  # Redis failed for it: it stays pending, read again in order
                 counts["retried"] += 1
-                settled = False
+                unsettled.add(shard)
                 continue
             counts[result.reason or "applied"] += 1  # a duplicate, an unknown item: settled
             if result.reason is None:
                 added_ms = float(entry_id.split("-", 1)[0])
                 telemetry.INGEST_APPLY_SECONDS.observe(max(0.0, now_ms - added_ms) / 1000)
-            acknowledged.append(entry_id)
+            settled[shard][0].append(entry_id)
         for outcome, count in counts.items():
             telemetry.INGEST_ENTRIES.labels(outcome).inc(count)
-        telemetry.INGEST_ENTRIES.labels("rejected").inc(len(dead))
-        await self.streams.acknowledge(shard, acknowledged, dead)
-        return settled
+        telemetry.INGEST_ENTRIES.labels("rejected").inc(sum(len(d) for _, d in settled.values()))
+        await self.streams.acknowledge(settled)
+        return unsettled
 
     async def _sample_lag(self) -> None:
         now_ms = time.time() * 1000

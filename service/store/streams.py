@@ -15,8 +15,10 @@ they were added.
 
 import time
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from service.store.client import RedisClient
@@ -27,6 +29,10 @@ GROUP = "lrurec"
 
 Entry = tuple[str, dict[str, str]]
 """``(entry id, fields)`` of one stream entry, decoded."""
+
+Settled = tuple[list[str], list[tuple[Entry, str]]]
+"""A shard's entries to acknowledge: their ids (the dead ones included), and the dead ones with
+the reason each was refused."""
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -102,20 +108,30 @@ class IngestStreams:
             if "BUSYGROUP" not in str(error):
                 raise
 
+    @property
+    def readable_together(self) -> bool:
+        """Whether one ``XREADGROUP`` may read several shards: on a single Redis. On a cluster
+        the shards are in different slots, and one command may touch one slot only."""
+        return not isinstance(self._client, RedisCluster)
+
     async def read(
-        self, shard: int, consumer: str, count: int, block_ms: int, pending: bool
-    ) -> list[Entry]:
-        """The next new entries (``pending=False``) or this consumer's own delivered but
-        unacknowledged ones (``pending=True``, oldest first)."""
+        self, consumer: str, shards: Mapping[int, bool], count: int, block_ms: int
+    ) -> dict[int, list[Entry]]:
+        """One ``XREADGROUP`` over ``shards``, each mapped to whether to read this consumer's
+        own delivered but unacknowledged entries (oldest first) instead of new ones; at most
+        ``count`` entries per shard. Blocks up to ``block_ms`` for new entries, unless some
+        shard reads its own (those are answered at once). The entries of each shard that
+        answered."""
+        keys = {self.key(shard): shard for shard in shards}
         reply = await self._client.xreadgroup(
-            GROUP, consumer, {self.key(shard): "0" if pending else ">"}, count=count,
-            block=None if pending else block_ms,
+            GROUP, consumer, {key: "0" if shards[shard] else ">" for key, shard in keys.items()},
+            count=count, block=None if any(shards.values()) else block_ms,
         )  # fmt: skip
         if not reply:
-            return []
+            return {}
         if isinstance(reply, dict):  # RESP3 shape
-            return _entries(next(iter(reply.values()))[0])
-        return _entries(reply[0][1])
+            return {keys[_text(key)]: _entries(value[0]) for key, value in reply.items()}
+        return {keys[_text(key)]: _entries(raw) for key, raw in reply}
 
     async def claim(self, shard: int, consumer: str, min_idle_ms: int) -> int:
         """Take over every entry of the shard delivered to a consumer and left
@@ -131,19 +147,18 @@ class IngestStreams:
             if cursor == "0-0":
                 return claimed
 
-    async def acknowledge(
-        self, shard: int, entry_ids: list[str], dead: list[tuple[Entry, str]]
-    ) -> None:
-        """``XACK`` ``entry_ids``; each ``dead`` entry is first copied, with its reason, to
-        the shard's dead-letter stream (one pipelined round trip, one slot)."""
-        if not entry_ids:
-            return
+    async def acknowledge(self, settled: Mapping[int, Settled]) -> None:
+        """``XACK`` each shard's settled entry ids; each dead entry is first copied, with its
+        reason, to its shard's dead-letter stream. One pipelined round trip."""
         pipe = self._client.pipeline(transaction=False)
-        for (entry_id, fields), reason in dead:
-            letter = {**fields, "entry_id": entry_id, "reason": reason}
-            pipe.xadd(dead_letter_key(self._prefix, shard), letter)  # type: ignore[arg-type]
-        pipe.xack(self.key(shard), GROUP, *entry_ids)
-        await pipe.execute()
+        for shard, (entry_ids, dead) in settled.items():
+            for (entry_id, fields), reason in dead:
+                letter = {**fields, "entry_id": entry_id, "reason": reason}
+                pipe.xadd(dead_letter_key(self._prefix, shard), letter)  # type: ignore[arg-type]
+            if entry_ids:
+                pipe.xack(self.key(shard), GROUP, *entry_ids)
+        if len(pipe):
+            await pipe.execute()
 
     async def lag(self, shard: int, limit: int = 10_000) -> tuple[int, float | None]:
         """``(entries not yet delivered to the group (at most limit), unix ms of the oldest

@@ -133,3 +133,25 @@ def test_a_redelivered_entry_without_event_id_is_applied_once(
     received = redis_client.hget("lrurec:v1:{again}:state", "events_received")
     assert received == b"1"  # the duplicate was recognised, not counted as a new event
     assert entry_id
+
+
+def test_a_taken_over_shard_is_read_from_its_unacknowledged_entries_until_none_are_left(
+    settings: Settings, redis_client: SyncRedis
+) -> None:
+    """A consumer died holding more delivered, unacknowledged entries than one read takes: the
+    next owner applies every one of them, in stream order, before the entries added later."""
+    user = "backlogged"
+    key = ingest_key("lrurec", shard_of(user, 16))
+    sent = [{"user_id": user, "item_id": TINY_ITEM_IDS[n % 50]} for n in range(30)]
+    produce(redis_client, sent[:25])
+    redis_client.xgroup_create(key, GROUP, id="0", mkstream=True)
+    redis_client.xreadgroup(GROUP, "dead-consumer", {key: ">"})  # delivered, never acknowledged
+    produce(redis_client, sent[25:])
+    assert redis_client.xpending(key, GROUP)["pending"] == 25
+
+    async def body(_: Consumer) -> None:
+        await wait_for(lambda: events_applied(redis_client, user) == 30)
+
+    asyncio.run(with_consumer(settings.model_copy(update={"ingest_batch_size": 4}), body))
+    assert history(redis_client, user) == [event["item_id"] for event in sent]
+    assert redis_client.xpending(key, GROUP)["pending"] == 0
