@@ -100,7 +100,8 @@ READY = Gauge(
 INGEST_ENTRIES = Counter(
     "lrurec_ingest_entries_total",
     "Ingest stream entries by outcome: consumed (read), applied, duplicate, unknown_item, "
-    "rejected (invalid: sent to the dead-letter stream), retried (Redis failed; read again).",
+    "rejected (invalid: sent to the dead-letter stream), retried (Redis or the batch failed; "
+    "read again).",
     ["outcome"],
 )
 INGEST_BATCH = Histogram(

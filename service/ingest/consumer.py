@@ -223,15 +223,18 @@ class Consumer:
 
     async def apply(self, reads: dict[int, list[Entry]]) -> set[int]:
         """Apply one read's entries, by shard, and acknowledge what is settled; the shards
-        some of whose entries must be read again (Redis failed for them: they stay pending,
-        in order)."""
+        some of whose entries must be read again (they stay pending, in order): those Redis
+        failed for, and a shard whose batch failed otherwise (a bug), which is logged.
+
+        Each shard's batch is handed to the coalescer on its own, so a batch that fails for a
+        reason other than Redis stops only its own shard."""
         telemetry.INGEST_BATCH.observe(sum(map(len, reads.values())))
-        events: list[Event] = []
-        valid: list[tuple[int, str]] = []
+        batches: dict[int, tuple[list[Event], list[str]]] = {}
         settled: dict[int, Settled] = {}
         for shard, entries in reads.items():
             telemetry.INGEST_ENTRIES.labels("consumed").inc(len(entries))
             acknowledged, dead = settled.setdefault(shard, ([], []))
+            events, entry_ids = batches.setdefault(shard, ([], []))
             for entry in entries:
                 parsed = parse_entry(*entry)
                 if isinstance(parsed, str):
@@ -239,20 +242,32 @@ class Consumer:
                     acknowledged.append(entry[0])
                 else:
                     events.append(parsed)
-                    valid.append((shard, entry[0]))
-        outcomes = await self._coalescer.apply(events)
+                    entry_ids.append(entry[0])
+        results = await asyncio.gather(
+            *(self._coalescer.apply(events) for events, _ in batches.values()),
+            return_exceptions=True,
+        )
+        for failed in results:
+            if isinstance(failed, RedisError):  # the merged batch failed: read them again
+                raise failed
         now_ms, unsettled = time.time() * 1000, set()
         counts: collections.Counter[str] = collections.Counter()  # by outcome, counted once
-        for (shard, entry_id), result in zip(valid, outcomes, strict=True):
-            if result is None:  # Redis failed for it: it stays pending, read again in order
-                counts["retried"] += 1
+        for (shard, (_, entry_ids)), outcomes in zip(batches.items(), results, strict=True):
+            if isinstance(outcomes, BaseException):
+                logger.error("ingest: shard %d: a batch failed", shard, exc_info=outcomes)
+                counts["retried"] += len(entry_ids)
                 unsettled.add(shard)
                 continue
-            counts[result.reason or "applied"] += 1  # a duplicate, an unknown item: settled
-            if result.reason is None:
-                added_ms = float(entry_id.split("-", 1)[0])
-                telemetry.INGEST_APPLY_SECONDS.observe(max(0.0, now_ms - added_ms) / 1000)
-            settled[shard][0].append(entry_id)
+            for entry_id, result in zip(entry_ids, outcomes, strict=True):
+                if result is None:  # Redis failed for it: it stays pending, read again in order
+                    counts["retried"] += 1
+                    unsettled.add(shard)
+                    continue
+                counts[result.reason or "applied"] += 1  # a duplicate, an unknown item: settled
+                if result.reason is None:
+                    added_ms = float(entry_id.split("-", 1)[0])
+                    telemetry.INGEST_APPLY_SECONDS.observe(max(0.0, now_ms - added_ms) / 1000)
+                settled[shard][0].append(entry_id)
         for outcome, count in counts.items():
             telemetry.INGEST_ENTRIES.labels(outcome).inc(count)
         telemetry.INGEST_ENTRIES.labels("rejected").inc(sum(len(d) for _, d in settled.values()))

@@ -40,8 +40,11 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-async def with_consumer(settings: Settings, body: Callable[[Consumer], Awaitable[T]]) -> T:
-    """Run a consumer on ``settings`` while ``body(consumer)`` runs; stop it gracefully."""
+async def with_consumer(
+    settings: Settings, body: Callable[[Consumer], Awaitable[T]], run: bool = True
+) -> T:
+    """Run a consumer on ``settings`` while ``body(consumer)`` runs; stop it gracefully. With
+    ``run=False`` the consumer is built but reads nothing: ``body`` drives it."""
     engine, close = await started_engine(settings)
     assert settings.redis_url is not None
     client = create_redis(settings.redis_url, 2.0, 1, 32, settings.redis_cluster)
@@ -49,11 +52,12 @@ async def with_consumer(settings: Settings, body: Callable[[Consumer], Awaitable
         engine, IngestStreams(client, settings.key_prefix, settings.ingest_shards), settings, "c1"
     )
     stop = asyncio.Event()
-    running = asyncio.create_task(consumer.run(stop))
+    running = asyncio.create_task(consumer.run(stop)) if run else None
     try:
         return await body(consumer)
     finally:
         stop.set()
-        await running
+        if running is not None:
+            await running
         await client.aclose()
         await close()

@@ -9,9 +9,10 @@ import pytest
 
 from service.ingest.consumer import Consumer
 from service.settings import Settings
-from service.store.streams import GROUP, dead_letter_key, ingest_key, shard_of
+from service.store.streams import GROUP, Entry, dead_letter_key, ingest_key, shard_of
 from tests.conftest import TINY_ITEM_IDS, RedisTarget
 from tests.service.ingest import SyncRedis, events_applied, produce, with_consumer
+from tests.service.test_ordered import PoisonedStepper
 
 pytestmark = pytest.mark.redis_topologies
 
@@ -155,3 +156,34 @@ def test_a_taken_over_shard_is_read_from_its_unacknowledged_entries_until_none_a
     asyncio.run(with_consumer(settings.model_copy(update={"ingest_batch_size": 4}), body))
     assert history(redis_client, user) == [event["item_id"] for event in sent]
     assert redis_client.xpending(key, GROUP)["pending"] == 0
+
+
+def test_a_batch_that_fails_other_than_in_redis_stops_only_its_own_shard(
+    settings: Settings, redis_client: SyncRedis
+) -> None:
+    """One read holds two shards' entries and the model fails (as a bug would) on one shard's
+    item: that shard's entry stays pending to be read again; the other is applied and
+    acknowledged."""
+    users = {"poisoned": "item-7", "healthy": "item-8"}
+    shards = {user: shard_of(user, 16) for user in users}
+    assert len(set(shards.values())) == 2
+    ids = produce(redis_client, [{"user_id": u, "item_id": item} for u, item in users.items()])
+    reads: dict[int, list[Entry]] = {}
+    for (user, item), entry_id in zip(users.items(), ids, strict=True):
+        key = ingest_key("lrurec", shards[user])
+        redis_client.xgroup_create(key, GROUP, id="0")
+        redis_client.xreadgroup(GROUP, "c1", {key: ">"})  # delivered to c1, not acknowledged
+        reads[shards[user]] = [(entry_id, {"user_id": user, "item_id": item})]
+
+    async def apply(consumer: Consumer) -> set[int]:
+        poison = consumer.engine.index("item-7")
+        assert poison is not None
+        consumer.engine.stepper = PoisonedStepper(consumer.engine.stepper, poison)
+        return await consumer.apply(reads)
+
+    assert asyncio.run(with_consumer(settings, apply, run=False)) == {shards["poisoned"]}
+    assert events_applied(redis_client, "healthy") == 1
+    assert events_applied(redis_client, "poisoned") == 0
+    for user, pending in (("poisoned", 1), ("healthy", 0)):
+        key = ingest_key("lrurec", shards[user])
+        assert redis_client.xpending(key, GROUP)["pending"] == pending
