@@ -171,7 +171,10 @@ class Consumer:
                     logger.error("ingest: a shard reader stopped", exc_info=task.exception())
                 continue
             for shard in sorted(reader.held):  # leaving ones too: until their read is applied
-                if not await self.streams.acquire(shard, self.name, self._lease_ms):
+                if shard not in reader.held:  # released meanwhile: its lease is gone
+                    continue
+                renewed = await self.streams.renew(shard, self.name, self._lease_ms)
+                if not renewed and shard in reader.active:
                     logger.warning("ingest: lost the lease of shard %d", shard)
                     reader.leave(shard)
         readers = [reader for reader, _ in self._readers.values()]
@@ -249,6 +252,9 @@ class Consumer:
         )
         for failed in results:
             if isinstance(failed, RedisError):  # the merged batch failed: read them again
+                telemetry.INGEST_ENTRIES.labels("retried").inc(
+                    sum(len(e) for e, _ in batches.values())
+                )
                 raise failed
         now_ms, unsettled = time.time() * 1000, set()
         counts: collections.Counter[str] = collections.Counter()  # by outcome, counted once

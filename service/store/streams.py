@@ -149,16 +149,21 @@ class IngestStreams:
 
     async def acknowledge(self, settled: Mapping[int, Settled]) -> None:
         """``XACK`` each shard's settled entry ids; each dead entry is first copied, with its
-        reason, to its shard's dead-letter stream. One pipelined round trip."""
-        pipe = self._client.pipeline(transaction=False)
-        for shard, (entry_ids, dead) in settled.items():
+        reason, to its shard's dead-letter stream. One pipelined round trip for the letters
+        (when there are any), then one for the acknowledgements."""
+        letters = self._client.pipeline(transaction=False)
+        for shard, (_, dead) in settled.items():
             for (entry_id, fields), reason in dead:
                 letter = {**fields, "entry_id": entry_id, "reason": reason}
-                pipe.xadd(dead_letter_key(self._prefix, shard), letter)  # type: ignore[arg-type]
+                letters.xadd(dead_letter_key(self._prefix, shard), letter)  # type: ignore[arg-type]
+        if len(letters):  # first, so that no dead entry is acknowledged without its letter
+            await letters.execute()
+        acks = self._client.pipeline(transaction=False)
+        for shard, (entry_ids, _) in settled.items():
             if entry_ids:
-                pipe.xack(self.key(shard), GROUP, *entry_ids)
-        if len(pipe):
-            await pipe.execute()
+                acks.xack(self.key(shard), GROUP, *entry_ids)
+        if len(acks):
+            await acks.execute()
 
     async def lag(self, shard: int, limit: int = 10_000) -> tuple[int, float | None]:
         """``(entries not yet delivered to the group (at most limit), unix ms of the oldest
@@ -177,6 +182,11 @@ class IngestStreams:
         key = owner_key(self._prefix, shard)
         if await self._client.set(key, consumer, nx=True, px=lease_ms):
             return True
+        return bool(await self._renew(keys=[key], args=[consumer, lease_ms]))
+
+    async def renew(self, shard: int, consumer: str, lease_ms: int) -> bool:
+        """Extend the lease of a shard this consumer owns; False if it does not own it."""
+        key = owner_key(self._prefix, shard)
         return bool(await self._renew(keys=[key], args=[consumer, lease_ms]))
 
     async def heartbeat(self, consumer: str, lease_ms: int) -> int:

@@ -187,3 +187,50 @@ def test_a_batch_that_fails_other_than_in_redis_stops_only_its_own_shard(
     for user, pending in (("poisoned", 1), ("healthy", 0)):
         key = ingest_key("lrurec", shards[user])
         assert redis_client.xpending(key, GROUP)["pending"] == pending
+
+
+def test_a_shard_whose_batch_keeps_failing_waits_while_the_others_are_applied(
+    settings: Settings, redis_client: SyncRedis
+) -> None:
+    """The model fails (as a bug would) on one user's item: that entry stays pending, neither
+    acknowledged nor dead-lettered, while the events of every other shard are applied; once
+    the model takes it, it is applied too."""
+    stuck = shard_of("poisoned", 16)
+    users = [f"u{u}" for u in range(USERS) if shard_of(f"u{u}", 16) != stuck]
+    produce(redis_client, [{"user_id": "poisoned", "item_id": "item-7"}])
+    produce(redis_client, [{"user_id": user, "item_id": "item-8"} for user in users * 3])
+    key = ingest_key("lrurec", stuck)
+
+    async def body(consumer: Consumer) -> None:
+        healthy = consumer.engine.stepper
+        poison = consumer.engine.index("item-7")
+        assert poison is not None
+        consumer.engine.stepper = PoisonedStepper(healthy, poison)
+        await wait_for(lambda: all(events_applied(redis_client, user) == 3 for user in users))
+        assert events_applied(redis_client, "poisoned") == 0
+        assert redis_client.xpending(key, GROUP)["pending"] == 1
+        assert redis_client.xlen(dead_letter_key("lrurec", stuck)) == 0
+        consumer.engine.stepper = healthy
+        await wait_for(lambda: events_applied(redis_client, "poisoned") == 1)
+
+    asyncio.run(with_consumer(settings, body))
+    assert redis_client.xpending(key, GROUP)["pending"] == 0
+
+
+def test_a_deleted_stream_gets_its_group_again_and_the_other_shards_go_on(
+    settings: Settings, redis_client: SyncRedis
+) -> None:
+    """A shard's stream is deleted while the consumer runs, and a producer adds to it again
+    (a new stream, without the group): the group is created again and every event applied."""
+    users = ["gone", *(f"u{u}" for u in range(USERS))]
+    assert len({shard_of(user, 16) for user in users}) > 8
+
+    async def body(_: Consumer) -> None:
+        produce(redis_client, [{"user_id": user, "item_id": "item-1"} for user in users])
+        await wait_for(lambda: all(events_applied(redis_client, user) == 1 for user in users))
+        redis_client.delete(ingest_key("lrurec", shard_of("gone", 16)))
+        produce(redis_client, [{"user_id": user, "item_id": "item-2"} for user in users])
+        await wait_for(lambda: all(events_applied(redis_client, user) == 2 for user in users))
+
+    asyncio.run(with_consumer(settings, body))
+    assert history(redis_client, "gone") == ["item-1", "item-2"]
