@@ -117,7 +117,9 @@ def train(
     model: Annotated[
         str, typer.Option(help="Registered model type: lrurec, recblr, sasrec.")
     ] = "lrurec",
-    d_model: Annotated[int, typer.Option(help="Model width.")] = 64,
+    d_model: Annotated[
+        int, typer.Option(help="Model width; a user's stored state grows with it.")
+    ] = 128,
     n_layers: Annotated[int, typer.Option(help="Number of blocks.")] = 2,
     dropout: Annotated[float, typer.Option(help="Dropout (paper grid 0.2-0.8).")] = 0.2,
     max_len: Annotated[int, typer.Option(help="Maximum input length (ML-1M: 200).")] = 200,

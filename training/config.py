@@ -14,7 +14,7 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_type: str = "lrurec"
-    d_model: int = Field(64, ge=1)
+    d_model: int = Field(128, ge=1)
     n_layers: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     max_len: int = Field(200, ge=1)
@@ -44,12 +44,12 @@ class TrainConfig(BaseModel):
     """Optimiser, schedule, budgets and evaluation settings.
 
     The defaults are the best recipe measured on MovieLens-1M (``benchmarks/RESULTS.md``, section
-    9): batches of ~32 windows' worth of targets, AdamW at 2e-3 with weight decay 1e-4, 200
-    warm-up steps, then a cosine to 1 % of the peak over the run's budget. The budget is
-    ``max_minutes`` when given (the cosine then follows the wall clock, so the rate reaches its
-    floor when the time is up), else ``max_steps``, else ``horizon_epochs`` passes over the data,
-    so the schedule scales with the data's size. The official code's recipe is batch 128,
-    constant lr 1e-3, weight decay 0.01, no warm-up.
+    9), with the model's width of 128 (``ModelSpec``): batches of ~32 windows' worth of targets,
+    AdamW at 2e-3 with weight decay 1e-4, 200 warm-up steps, then a cosine to 1 % of the peak
+    over the run's budget. The budget is ``max_minutes`` when given (the cosine then follows the
+    wall clock, so the rate reaches its floor when the time is up), else ``max_steps``, else
+    ``horizon_epochs`` passes over the data, so the schedule scales with the data's size. The
+    official code's recipe is batch 128, constant lr 1e-3, weight decay 0.01, no warm-up.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
