@@ -182,7 +182,7 @@ class IngestStreams:
         key = owner_key(self._prefix, shard)
         if await self._client.set(key, consumer, nx=True, px=lease_ms):
             return True
-        return bool(await self._renew(keys=[key], args=[consumer, lease_ms]))
+        return await self.renew(shard, consumer, lease_ms)
 
     async def renew(self, shard: int, consumer: str, lease_ms: int) -> bool:
         """Extend the lease of a shard this consumer owns; False if it does not own it."""
