@@ -162,6 +162,13 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="Training arithmetic: bf16 (autocast: matrix products in bfloat16, weights "
+            "and softmax in float32), fp32, or auto: bf16 where the CPU or GPU has native bf16."
+        ),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     init_from: Annotated[
         Path | None,
@@ -208,6 +215,7 @@ def train(
             patience=patience,
             seed=seed,
             device=device,
+            precision=_literal(precision, ("auto", "fp32", "bf16"), "--precision"),
             threads=threads,
         )
     except ValidationError as error:

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from model import ModelConfig
 from model.registry import MODELS
+from training.precision import Precision
 
 
 class ModelSpec(BaseModel):
@@ -88,5 +89,8 @@ class TrainConfig(BaseModel):
     """Validations without a strictly better Recall@10 before stopping."""
     seed: int = 42
     device: str = "cpu"
+    precision: Precision = "auto"
+    """Training arithmetic: ``bf16`` autocast, ``fp32``, or ``auto``: bf16 where the device has
+    native bf16 (AVX-512 BF16 / AMX CPUs, recent GPUs), else fp32 (see training.precision)."""
     threads: int | None = Field(None, ge=1)
     """CPU threads for torch; None keeps torch's default (the number of cores)."""

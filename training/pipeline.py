@@ -136,6 +136,7 @@ def train_artifact(job: TrainJob) -> dict[str, Any]:
         "train_seconds": result.seconds,
         "best_step": result.best_step,
         "stopped_early": result.stopped_early,
+        "precision": trainer.precision,
         "seconds_to_95pct_val_ndcg@10": seconds_to_fraction(result.history, "ndcg@10", 0.95),
     }
     metrics["wall_seconds_this_invocation"] = time.monotonic() - started
@@ -146,6 +147,7 @@ def train_artifact(job: TrainJob) -> dict[str, Any]:
         "n_users": len(dataset.users),
         "n_events": dataset.n_events,
         "train_config": json.loads(config.model_dump_json()),
+        "train_precision": trainer.precision,  # what "auto" resolved to on the training host
         "test_metrics": tests["model"],
         "steps": result.steps,
         "train_seconds": result.seconds,

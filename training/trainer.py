@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from model import RecurrentRecommender
-from training import checkpoint
+from training import checkpoint, precision
 from training.batching import Windows, bucket_batches, collate, make_windows
 from training.config import TrainConfig
 from training.data import Split
@@ -156,6 +156,8 @@ class Trainer:
         self.lengths = self.windows.lengths
         self.steps_per_epoch = len(bucket_batches(self.lengths, config.batch_size, 0))
         self.optimizer = build_optimizer(model, config)
+        self.precision = precision.resolve(config.precision, config.device)
+        logger.info("training arithmetic: %s", self.precision)
         ema = get_ema_multi_avg_fn(config.ema_decay)  # type: ignore[no-untyped-call]
         self.average = (
             AveragedModel(cast(nn.Module, model), multi_avg_fn=ema, use_buffers=True)
@@ -264,7 +266,8 @@ class Trainer:
         lr = learning_rate(self.config, self.state.step, self.clock, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        summed: Tensor = self.loss(inputs.to(device), labels.to(device))
+        with precision.autocast(self.precision, device):
+            summed: Tensor = self.loss(inputs.to(device), labels.to(device))
         weight = job.weight(batch)
         # DDP averages gradients over ranks: scaling by world makes it the global token mean.
         loss = summed * (weight * job.world / n_targets)

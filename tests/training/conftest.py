@@ -54,6 +54,7 @@ def tiny_train_config() -> TrainConfig:
         eval_every=5,
         max_steps=20,
         seed=3,
+        precision="fp32",  # runs compared exactly must not depend on the host's bf16
     )
 
 

@@ -2,7 +2,7 @@
 
 With dropout off, two ranks that each take half of every global batch must follow the
 single-process run on the same global batches: the same training loss at every validation and
-the same final weights, up to float32 summation order (tolerance 1e-5).
+the same final weights, up to float32 summation order (tolerance 1e-5, in float32 arithmetic).
 """
 
 import json
@@ -19,6 +19,7 @@ TOLERANCE = 1e-5
 TINY = [
     "--d-model", "8", "--n-layers", "1", "--max-len", "16", "--batch-size", "16",
     "--dropout", "0", "--schedule", "constant", "--eval-every", "3", "--threads", "1", "--quiet",
+    "--precision", "fp32",
 ]  # fmt: skip
 
 

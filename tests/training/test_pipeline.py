@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from model import load_artifact
+from training.precision import resolve
 
 runner = CliRunner()
 TINY = ["--d-model", "8", "--n-layers", "1", "--max-len", "16", "--batch-size", "16"]
@@ -40,6 +41,7 @@ def test_train_writes_a_loadable_self_describing_artifact(
     assert set(metrics["baselines"]["popularity"]) == {"paper", "serving"}
     assert metrics["steps"] == 12
     assert [p["step"] for p in metrics["validation"]] == [0, 6, 12]
+    assert metrics["precision"] == config["train_precision"] == resolve("auto", "cpu")
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
     history = torch.tensor([[1, 2, 3]])
     hidden, _ = artifact.model.prefill(history)
