@@ -7,9 +7,11 @@ demo artifact is built (seconds) and served.
 
 import asyncio
 import os
+import pickle
 import tempfile
 from contextlib import ExitStack
 from enum import StrEnum
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,7 @@ import typer
 import uvicorn
 from fastapi import FastAPI
 from redis.connection import ConnectionPool
+from uvicorn.supervisors import multiprocess
 
 from cli.embedded_redis import EmbeddedRedis
 from cli.parent_death import SUPERVISOR_PID_ENV, end_worker_with_supervisor
@@ -29,6 +32,25 @@ from service.telemetry import prepare_multiprocess_dir
 APP_FACTORY = "cli.serve_command:worker_app"
 """What each uvicorn worker imports and calls to build its app."""
 WORKER_HEALTHCHECK_SECONDS = 60
+
+
+class WorkerProcess(multiprocess.Process):
+    """uvicorn's handle on one worker, whose ping ends as soon as the worker exits.
+
+    The supervisor holds both ends of the pipe it pings a worker on, so a worker that dies
+    (SIGKILL, OOM) while a ping waits for its answer never closes that pipe: uvicorn's own
+    ping then waits all of ``WORKER_HEALTHCHECK_SECONDS`` before the worker is replaced.
+    """
+
+    def ping(self, timeout: float = 5) -> bool:
+        try:
+            self.parent_conn.send(b"ping")
+            if self.parent_conn not in wait([self.parent_conn, self.process.sentinel], timeout):
+                return False  # no answer in time, or the worker exited first
+            self.parent_conn.recv()
+            return True
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return False
 
 
 class LogLevel(StrEnum):
@@ -167,6 +189,8 @@ def serve(
         get_settings.cache_clear()
         typer.echo(f"serving {artifact} on http://{host}:{port} with {workers} worker(s)")
         typer.echo("loading the model (the first start also compiles its kernels: up to a minute)")
+        # What uvicorn's supervisor (--workers N) starts and pings for each worker:
+        multiprocess.Process = WorkerProcess  # type: ignore[misc]
         uvicorn.run(
             APP_FACTORY, factory=True, host=host, port=port, workers=workers,
             log_level=log_level.value, access_log=access_log,

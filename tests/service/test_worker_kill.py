@@ -27,9 +27,9 @@ BEFORE, AFTER = 2.0, 6.0
 
 
 REPLACED_WITHIN = 30.0
-"""Seconds for the supervisor to reap and replace a dead worker. uvicorn checks its workers
-every 0.5 s, but pings each live one for up to 5 s first, so on a busy machine a killed worker
-can stay a zombie for several seconds."""
+"""Seconds for the supervisor to reap and replace a dead worker, half of its 60 s ping timeout.
+uvicorn checks its workers every 0.5 s, pinging each in turn; a busy live worker may take
+seconds to answer, so on a loaded machine a killed worker can stay a zombie for a while."""
 
 
 def alive(process: psutil.Process) -> bool:
@@ -95,3 +95,19 @@ def test_a_worker_killed_under_load_leaves_no_half_written_state(redis_url: str)
                 stored_state(client, user), state.flatten().numpy(), atol=1e-5
             )
         client.close()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_while_the_supervisor_waits_for_its_ping_is_replaced(
+    redis_url: str,
+) -> None:
+    """The supervisor's health ping of a stopped worker waits up to its 60 s timeout; a kill
+    during that wait must end the wait at once, not when it times out."""
+    with lrurec_serve("--redis-url", redis_url, "--workers", "2") as server:
+        victim = workers(server.process.pid)[0]
+        victim.send_signal(signal.SIGSTOP)  # the next ping of it waits for an answer ...
+        time.sleep(1.5)
+        victim.send_signal(signal.SIGKILL)  # ... and the worker dies during that wait
+        wait_for_workers(server.process.pid, 2)
+        assert victim.pid not in {worker.pid for worker in workers(server.process.pid)}
+        assert httpx.get(f"{server.base_url}/readyz").status_code == 200
