@@ -47,6 +47,9 @@ MinCountOption = Annotated[
     ),
 ]
 
+# The options' defaults are the configs' own, so `lrurec train` with no flags is TrainConfig().
+_SPEC: dict[str, Any] = {name: field.default for name, field in ModelSpec.model_fields.items()}
+_TRAIN: dict[str, Any] = {name: field.default for name, field in TrainConfig.model_fields.items()}
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -116,59 +119,73 @@ def train(
     min_count: MinCountOption = None,
     model: Annotated[
         str, typer.Option(help="Registered model type: lrurec, recblr, sasrec.")
-    ] = "lrurec",
+    ] = _SPEC["model_type"],
     d_model: Annotated[
         int, typer.Option(help="Model width; a user's stored state grows with it.")
-    ] = 128,
-    n_layers: Annotated[int, typer.Option(help="Number of blocks.")] = 2,
-    dropout: Annotated[float, typer.Option(help="Dropout (paper grid 0.2-0.8).")] = 0.2,
-    max_len: Annotated[int, typer.Option(help="Maximum input length (ML-1M: 200).")] = 200,
-    batch_size: Annotated[int, typer.Option(help="Windows per batch at the mean length.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, eps 1e-9).")] = 2e-3,
+    ] = _SPEC["d_model"],
+    n_layers: Annotated[int, typer.Option(help="Number of blocks.")] = _SPEC["n_layers"],
+    dropout: Annotated[float, typer.Option(help="Dropout (paper grid 0.2-0.8).")] = _SPEC[
+        "dropout"
+    ],
+    max_len: Annotated[int, typer.Option(help="Maximum input length (ML-1M: 200).")] = _SPEC[
+        "max_len"
+    ],
+    batch_size: Annotated[int, typer.Option(help="Windows per batch at the mean length.")] = _TRAIN[
+        "batch_size"
+    ],
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, eps 1e-9).")] = _TRAIN["lr"],
     schedule: Annotated[
         str, typer.Option(help="cosine (to 1 % of the peak over the budget) or constant.")
-    ] = "cosine",
+    ] = _TRAIN["schedule"],
     schedule_by: Annotated[
         str,
         typer.Option(
             help="Cosine horizon: time (--max-minutes), steps (--max-steps, else "
             "--horizon-epochs; deterministic), or auto: time when --max-minutes is given."
         ),
-    ] = "auto",
+    ] = _TRAIN["schedule_by"],
     horizon_epochs: Annotated[
         int, typer.Option(help="Epochs the cosine spans when no step or time budget is given.")
-    ] = 40,
+    ] = _TRAIN["horizon_epochs"],
     warmup_steps: Annotated[
         int, typer.Option(help="Linear warm-up steps (at most a tenth of a step horizon).")
-    ] = 200,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-4,
+    ] = _TRAIN["warmup_steps"],
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = _TRAIN[
+        "weight_decay"
+    ],
     label_smoothing: Annotated[
         float, typer.Option(help="Cross-entropy label smoothing, 0 to <1 (0: off).")
-    ] = 0.0,
+    ] = _TRAIN["label_smoothing"],
     ema_decay: Annotated[
         float,
         typer.Option(
             help="Validate and export an exponential moving average of the weights with this "
             "decay per step, 0 to <1 (0: off, the raw weights)."
         ),
-    ] = 0.0,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
-    max_epochs: Annotated[int, typer.Option(help="Stop after this many epochs.")] = 500,
+    ] = _TRAIN["ema_decay"],
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = _TRAIN[
+        "max_steps"
+    ],
+    max_epochs: Annotated[int, typer.Option(help="Stop after this many epochs.")] = _TRAIN[
+        "max_epochs"
+    ],
     max_minutes: Annotated[
         float | None, typer.Option(help="Wall-clock budget, cumulative across resumes.")
-    ] = None,
-    eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 500,
-    patience: Annotated[int, typer.Option(help="Validations without improvement.")] = 10,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    ] = _TRAIN["max_minutes"],
+    eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = _TRAIN["eval_every"],
+    patience: Annotated[int, typer.Option(help="Validations without improvement.")] = _TRAIN[
+        "patience"
+    ],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _TRAIN["seed"],
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = _TRAIN["device"],
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = _TRAIN["threads"],
     precision: Annotated[
         str,
         typer.Option(
             help="Training arithmetic: bf16 (autocast: matrix products in bfloat16, weights "
             "and softmax in float32), fp32, or auto: bf16 where the CPU or GPU has native bf16."
         ),
-    ] = "auto",
+    ] = _TRAIN["precision"],
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     init_from: Annotated[
         Path | None,

@@ -4,10 +4,13 @@ import json
 from pathlib import Path
 
 import torch
+import typer
+import typer.core
 from typer.testing import CliRunner
 
 from cli.main import app
 from model import load_artifact
+from training.config import ModelSpec, TrainConfig
 from training.precision import resolve
 
 runner = CliRunner()
@@ -90,3 +93,16 @@ def test_bad_input_exits_with_a_message_naming_file_and_line(
     )
     assert missing.exit_code == 2
     assert "not found" in missing.output
+
+
+def test_train_options_default_to_the_config_defaults() -> None:
+    """`lrurec train` with no recipe flags trains TrainConfig()'s recipe, not a copy of it."""
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)
+    options = {param.name: param.default for param in command.commands["train"].params}
+    fields = {**TrainConfig.model_fields, **ModelSpec.model_fields}
+    fields["model"] = ModelSpec.model_fields["model_type"]  # --model names the model type
+    shared = sorted(set(options) & set(fields))
+    assert {"d_model", "n_layers", "dropout", "lr", "batch_size", "precision"} <= set(shared)
+    for name in shared:
+        assert options[name] == fields[name].default, name
