@@ -35,9 +35,9 @@ def ort_session(data: bytes, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def lrurec_model(n_items: int, seed: int = 0) -> LRURec:
+def lrurec_model(n_items: int, seed: int = 0, d_model: int = 64) -> LRURec:
     torch.manual_seed(seed)
-    return LRURec(LRURecConfig(n_items=n_items, d_model=64, n_layers=2)).eval()
+    return LRURec(LRURecConfig(n_items=n_items, d_model=d_model, n_layers=2)).eval()
 
 
 def sasrec_model(n_items: int, max_len: int, seed: int = 0) -> SASRec:
