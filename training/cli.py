@@ -156,6 +156,13 @@ def train(
     label_smoothing: Annotated[
         float, typer.Option(help="Cross-entropy label smoothing, 0 to <1 (0: off).")
     ] = _TRAIN["label_smoothing"],
+    mask_seen_in_loss: Annotated[
+        bool,
+        typer.Option(
+            help="Leave the items already in the window out of each position's softmax, as "
+            "evaluation and serving leave a user's history out of the ranking."
+        ),
+    ] = _TRAIN["mask_seen_in_loss"],
     ema_decay: Annotated[
         float,
         typer.Option(
@@ -224,6 +231,7 @@ def train(
             warmup_steps=warmup_steps,
             weight_decay=weight_decay,
             label_smoothing=label_smoothing,
+            mask_seen_in_loss=mask_seen_in_loss,
             ema_decay=ema_decay,
             max_steps=max_steps,
             max_epochs=max_epochs,

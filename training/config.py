@@ -74,6 +74,9 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of each target's probability mass spread evenly over every output column (0: plain
     cross-entropy)."""
+    mask_seen_in_loss: bool = False
+    """Leave the items already in the window out of each position's softmax, as evaluation and
+    serving leave them out of the ranking (see ``training.trainer.seen_item_mask``)."""
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     """Decay of an exponential moving average of the weights, updated every step; validation,
     the best checkpoint and the artifact then use the average (0: off, the raw weights)."""

@@ -105,17 +105,41 @@ def learning_rate(config: TrainConfig, step: int, seconds: float, steps_per_epoc
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
+def seen_item_mask(inputs: Tensor, labels: Tensor, n_columns: int) -> Tensor:
+    """Columns to exclude from the softmax at each labelled position: ``BoolTensor[N, v]``.
+
+    At position t of a window, the items of its inputs up to t (the history the model has read)
+    and the padding column, except the target itself. Rows follow ``labels > 0`` in row-major
+    order, as ``hidden[labels > 0]`` does. Evaluation and serving never recommend a seen item,
+    so training need not spend probability mass pushing them down.
+    """
+    batch, length = inputs.shape
+    positions = torch.arange(length, device=inputs.device)
+    first_seen = torch.full((batch, n_columns), length, dtype=torch.long, device=inputs.device)
+    first_seen.scatter_reduce_(1, inputs, positions.expand(batch, length), reduce="amin")
+    targets = labels > 0
+    seen = (first_seen.unsqueeze(1) <= positions.view(1, length, 1))[targets]  # [N, v]
+    seen[:, 0] = True
+    seen[torch.arange(seen.shape[0], device=seen.device), labels[targets]] = False
+    return seen
+
+
 class NextItemLoss(nn.Module):
     """Summed cross-entropy over all items at every labelled position.
 
+    With ``mask_seen``, the softmax at each position runs over the items not yet in the window
+    (:func:`seen_item_mask`); label smoothing then spreads its mass over those items only.
     A module, so DistributedDataParallel can wrap the whole forward pass (embedding, blocks and
     output layer) and synchronise every gradient.
     """
 
-    def __init__(self, model: RecurrentRecommender, label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self, model: RecurrentRecommender, label_smoothing: float = 0.0, mask_seen: bool = False
+    ) -> None:
         super().__init__()
         self.model = cast(nn.Module, model)
         self.label_smoothing = label_smoothing
+        self.mask_seen = mask_seen
 
     def forward(self, inputs: Tensor, labels: Tensor) -> Tensor:
         """Args: ``inputs``, ``labels``: ``LongTensor[b, L]``, left-padded; label 0: no target."""
@@ -123,9 +147,18 @@ class NextItemLoss(nn.Module):
         targets = labels > 0
         recommender = cast(RecurrentRecommender, self.model)
         logits = recommender.score(hidden[targets])  # [N, v]: only where there is a target
-        return F.cross_entropy(
-            logits, labels[targets], reduction="sum", label_smoothing=self.label_smoothing
-        )
+        if not self.mask_seen:
+            return F.cross_entropy(
+                logits, labels[targets], reduction="sum", label_smoothing=self.label_smoothing
+            )
+        seen = seen_item_mask(inputs, labels, logits.shape[1])
+        log_p = torch.log_softmax(logits.float().masked_fill(seen, -torch.inf), dim=-1)
+        target_loss = -log_p.gather(1, labels[targets].unsqueeze(1)).sum()
+        if not self.label_smoothing:
+            return target_loss
+        open_columns = (~seen).sum(dim=1)
+        uniform_loss = (-log_p.masked_fill(seen, 0.0).sum(dim=1) / open_columns).sum()
+        return (1 - self.label_smoothing) * target_loss + self.label_smoothing * uniform_loss
 
 
 def next_item_loss(model: RecurrentRecommender, inputs: Tensor, labels: Tensor) -> Tensor:
@@ -148,7 +181,9 @@ class Trainer:
     ) -> None:
         self.model, self.split, self.config = model, split, config
         self.job = job or Distributed()
-        self.loss = self.wrap(NextItemLoss(model, config.label_smoothing))
+        self.loss = self.wrap(
+            NextItemLoss(model, config.label_smoothing, mask_seen=config.mask_seen_in_loss)
+        )
         self.checkpoint_dir = checkpoint_dir
         self.on_validation = on_validation
         self.max_len = model.config.max_len

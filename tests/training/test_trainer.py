@@ -157,6 +157,37 @@ def test_label_smoothing_mixes_the_target_loss_with_the_mean_loss_over_all_items
     torch.testing.assert_close(smoothed, (1 - epsilon) * target_loss + epsilon * uniform_loss)
 
 
+@pytest.mark.parametrize("epsilon", [0.0, 0.2])
+def test_masking_seen_items_takes_each_softmax_over_the_items_not_yet_in_the_window(
+    tiny_train_config: TrainConfig, epsilon: float
+) -> None:
+    model = build(tiny_train_config, n_items=30).eval()
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.randint(1, 31, (3, 8), generator=generator)
+    labels = torch.randint(1, 31, (3, 8), generator=generator)
+    inputs[1, :2], labels[1, :2] = 0, 0  # left padding
+    labels[2, 5] = inputs[2, 1]  # a repeat: the target itself stays rankable
+
+    with torch.no_grad():
+        masked = NextItemLoss(model, label_smoothing=epsilon, mask_seen=True)(inputs, labels)
+        plain = NextItemLoss(model, label_smoothing=epsilon)(inputs, labels)
+        scores = model.score(model.forward(inputs))  # [b, L, v]
+    expected = torch.tensor(0.0)
+    for row in range(inputs.shape[0]):
+        for position in range(inputs.shape[1]):
+            target = int(labels[row, position])
+            if target == 0:
+                continue
+            history = {int(item) for item in inputs[row, : position + 1]} | {0}
+            allowed = [item for item in range(31) if item not in history or item == target]
+            log_p = torch.log_softmax(scores[row, position, allowed], dim=-1)
+            nll = -log_p[allowed.index(target)]
+            expected += (1 - epsilon) * nll - epsilon * log_p.mean()
+    torch.testing.assert_close(masked, expected)
+    if not epsilon:
+        assert masked < plain  # the same target against fewer competitors
+
+
 def test_the_weight_average_follows_each_step_and_is_what_validation_sees(
     tiny_train_config: TrainConfig, walks: list[np.ndarray], tmp_path: Path
 ) -> None:
